@@ -1,0 +1,1 @@
+"""Framework adapters: capture activations, gradients and logits and hand them to the core."""

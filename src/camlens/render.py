@@ -1,0 +1,99 @@
+"""Turning maps into pictures: colormapped heatmaps, overlays, panels, feature-map grids."""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+import matplotlib
+import numpy as np
+from PIL import Image
+
+from camlens.core.maps import normalize
+from camlens.errors import CamlensError
+
+matplotlib.use("Agg")
+
+
+def colormap_names() -> list[str]:
+    """All matplotlib colormap names."""
+    return sorted(matplotlib.colormaps)
+
+
+def check_colormap(name: str) -> str:
+    """Return ``name`` if matplotlib knows it; otherwise raise with the closest names."""
+    if name in matplotlib.colormaps:
+        return name
+    close = difflib.get_close_matches(name, colormap_names(), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else " (e.g. jet, viridis, inferno, hot, turbo)"
+    raise CamlensError(f"unknown colormap {name!r}{hint}")
+
+
+def colorize(heatmap: np.ndarray, colormap: str = "jet") -> Image.Image:
+    """RGB image of a ``(H, W)`` map in [0, 1] through a matplotlib colormap."""
+    cmap = matplotlib.colormaps[check_colormap(colormap)]
+    rgba = cmap(np.clip(heatmap, 0.0, 1.0))
+    return Image.fromarray((rgba[..., :3] * 255.0 + 0.5).astype(np.uint8))
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
+    """Blend a colormapped ``heatmap`` (same size as ``image``, values in [0, 1]) over the
+    image: ``(1 - alpha) * image + alpha * colour``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise CamlensError(f"alpha must be between 0 and 1, not {alpha}")
+    if heatmap.shape != (image.height, image.width):
+        raise CamlensError(f"heatmap {heatmap.shape} does not match image {(image.height, image.width)}")
+    return Image.blend(image.convert("RGB"), colorize(heatmap, colormap), alpha)
+
+
+def panel(
+    image: Image.Image, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5, title: str = ""
+) -> Image.Image:
+    """Three views side by side: original | heatmap | overlay, with an optional title."""
+    from matplotlib.figure import Figure
+
+    aspect = image.width / image.height
+    fig = Figure(figsize=(3 * 3.2 * aspect + 0.4, 3.2 + (0.5 if title else 0.1)), dpi=100)
+    axes = fig.subplots(1, 3)
+    views = [(image, "image"), (colorize(heatmap, colormap), "heatmap"), (overlay(image, heatmap, colormap, alpha), "overlay")]
+    for ax, (view, name) in zip(axes, views, strict=True):
+        ax.imshow(view)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _figure_to_image(fig)
+
+
+def feature_grid(activations: np.ndarray, count: int = 16, colormap: str = "viridis", title: str = "") -> Image.Image:
+    """Grid of the first ``count`` channels of one sample's ``(C, h, w)`` activations, each
+    min-max normalised on its own and labelled with its channel index."""
+    from matplotlib.figure import Figure
+
+    check_colormap(colormap)
+    if activations.ndim != 3:
+        raise CamlensError(f"expected (C, h, w) activations, got shape {activations.shape}")
+    n = max(1, min(count, activations.shape[0]))
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.6 * cols, 1.6 * rows + (0.4 if title else 0.0)), dpi=100)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    maps = normalize(activations[:n])
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(maps[i], cmap=colormap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(f"#{i}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _figure_to_image(fig)
+
+
+def _figure_to_image(fig: object) -> Image.Image:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # type: ignore[arg-type]
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
