@@ -176,6 +176,10 @@ class Explainer:
         model = self.model
         if model.training:
             warnings.warn("model is in training mode; call model.eval() for stable maps", stacklevel=2)
+        with torch.inference_mode(False):  # tensors made below must be usable by autograd
+            return self._explain(model, batch, targets, top)
+
+    def _explain(self, model: nn.Module, batch: torch.Tensor, targets: Targets, top: int | None) -> CamResult:
         layers = self._resolve(batch)
         fwd = cap.forward(
             model,
