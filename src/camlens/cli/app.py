@@ -98,11 +98,11 @@ def explain(
         )
     _print_predictions(report.images, top)
     written = sum(len(e["outputs"]) for r in report.images for e in r.explanations)  # type: ignore[arg-type]
-    out_console.print(f"wrote {written} files to {out}/ (summary: {report.summary})")
+    out_console.print(f"wrote {written} files to {out}/ (summary: {report.summary})", soft_wrap=True)
     if report.failed:
         err_console.print(f"[red]{len(report.failed)} of {len(report.images)} images failed:[/red]")
         for r in report.failed:
-            err_console.print(f"  {r.error}", highlight=False, markup=False)
+            err_console.print(f"  {r.error}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -226,10 +226,10 @@ def main() -> None:
     try:
         app()
     except ImageError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
     except CamlensError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -50,7 +50,7 @@ def read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling user code can raise anything; report it in one line
-        raise ModelError(f"{path}: cannot load ({exc.__class__.__name__}: {_first_line(exc)})") from exc
+        raise ModelError(f"{path}: not a PyTorch checkpoint or model ({exc.__class__.__name__}: {_first_line(exc)})") from exc
 
 
 def state_dict_of(data: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,135 @@
+"""The ``camlens`` command end to end, on the bundled model and scikit-image photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from camlens.core import normalize, upsample
+
+CUP = (slice(15, 310), slice(170, 420))  # rows, cols of the espresso cup in skimage's coffee()
+
+
+def camlens(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("camlens")
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def espresso_run(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("run")
+    result = camlens(
+        "explain", samples_dir / "coffee.png", "--method", "cam,gradcam,gradcam++", "--target", "espresso",
+        "--target", "top-2", "--panel", "--save-raw", "--out", out, "--device", "cpu",
+    )
+    return result, out
+
+
+def test_explain_writes_overlays_panels_raw_maps_and_summary(espresso_run) -> None:  # type: ignore[no-untyped-def]
+    result, out = espresso_run
+    assert result.returncode == 0, result.stderr
+    assert "espresso" in result.stdout and "top 5" in result.stdout
+    names = sorted(p.name for p in out.iterdir())
+    # espresso is also the top-1 class: explained once; top-2 adds "cup"
+    for method in ["cam", "gradcam", "gradcam++"]:
+        for tgt in ["967-espresso", "968-cup"]:
+            for suffix in [".png", "_panel.png", ".npy"]:
+                assert f"coffee_{method}_{tgt}{suffix}" in names
+    assert len([n for n in names if n.endswith(".npy")]) == 6
+    summaries = list(out.glob("camlens-run-*.json"))
+    summary = json.loads(summaries[0].read_text())
+    entry = summary["images"][0]
+    assert entry["predictions"][0]["label"] == "espresso"
+    assert {e["method"] for e in entry["explanations"]} == {"cam", "gradcam", "gradcam++"}
+    assert all(Path(p).exists() for e in entry["explanations"] for p in e["outputs"])
+    assert entry["explanations"][0]["layer"] == "bn2"
+    overlay = Image.open(out / "coffee_gradcam_967-espresso.png")
+    assert overlay.size == (600, 400)
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam++"])
+def test_espresso_map_peaks_on_the_cup_not_the_table(espresso_run, method: str) -> None:  # type: ignore[no-untyped-def]
+    _, out = espresso_run
+    heat = normalize(upsample(np.load(out / f"coffee_{method}_967-espresso.npy"), (400, 600)))
+    row, col = np.unravel_index(heat.argmax(), heat.shape)
+    assert CUP[0].start <= row < CUP[0].stop and CUP[1].start <= col < CUP[1].stop
+    table = np.concatenate([heat[:, :70].ravel(), heat[:, 500:].ravel()])
+    assert heat[CUP].mean() > 2.5 * table.mean()
+
+
+def test_folder_run_goes_past_bad_files_and_exits_nonzero(samples_dir: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(samples_dir / "chelsea.png", photos / "cat.png")
+    shutil.copy(samples_dir / "rocket.png", photos / "rocket.png")
+    (photos / "notes.jpg").write_text("not an image")
+    data = (samples_dir / "coffee.png").read_bytes()
+    (photos / "cut.png").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    result = camlens("explain", photos, "--out", out, "--batch-size", "2", "--device", "cpu")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "2 of 4 images failed" in result.stderr
+    assert f"{photos / 'notes.jpg'}: not an image" in result.stderr
+    assert f"{photos / 'cut.png'}: truncated or corrupt image" in result.stderr
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert len(written) == 2 and written[0].startswith("cat_gradcam_28") and written[1].startswith("rocket_gradcam_")
+    summary = json.loads(next(out.glob("camlens-run-*.json")).read_text())
+    assert len(summary["images"]) == 2 and len(summary["failed"]) == 2
+
+    before = {p: p.read_bytes() for p in out.glob("*.png")}
+    again = camlens("explain", photos / "cat.png", "--out", out, "--device", "cpu")
+    assert again.returncode == 1 and "exists; pass --overwrite" in again.stderr
+    assert {p: p.read_bytes() for p in out.glob("*.png")} == before
+    assert not list(out.glob(".*part"))
+
+
+def test_user_errors_are_one_line_without_traceback(samples_dir: Path, tmp_path: Path) -> None:
+    coffee = samples_dir / "coffee.png"
+    cases = [
+        (["--target", "expresso"], "error: no class named 'expresso'; closest: 'espresso'"),
+        (["--layer", "blocks.9"], "error: model has no layer 'blocks.9'"),
+        (["--method", "scorecam"], "error: unknown method 'scorecam'"),
+        (["--colormap", "jett"], "error: unknown colormap 'jett'; did you mean jet"),
+        (["--model", "vgg99"], "error: unknown model 'vgg99'; did you mean vgg19"),
+    ]
+    for extra, message in cases:
+        result = camlens("explain", coffee, "--out", tmp_path / "o", "--device", "cpu", *extra)
+        assert result.returncode == 2, (extra, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "o").exists()
+    missing = camlens("explain", tmp_path / "nope.jpg", "--out", tmp_path / "o", "--device", "cpu")
+    assert missing.returncode == 1 and "nope.jpg: no such file" in missing.stderr
+
+
+def test_layers_classes_and_features_commands(samples_dir: Path, tmp_path: Path) -> None:
+    layers = camlens("layers")
+    assert layers.returncode == 0, layers.stderr
+    assert "bn2" in layers.stdout and "<- default" in layers.stdout and "(1, 1280, 7, 7)" in layers.stdout
+    classes = camlens("classes", "tabby")
+    assert classes.returncode == 0 and "281" in classes.stdout and "tabby, tabby cat" in classes.stdout
+    feats = camlens("features", samples_dir / "chelsea.png", "--layer", "blocks.1,bn2", "-n", "8", "--out", tmp_path)
+    assert feats.returncode == 0, feats.stderr
+    grids = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert grids == ["chelsea_features_blocks.1.png", "chelsea_features_bn2.png"]
+    assert Image.open(tmp_path / grids[0]).size[0] > 200
+
+
+def test_multi_layer_run_names_files_by_layer(samples_dir: Path, tmp_path: Path) -> None:
+    result = camlens(
+        "explain", samples_dir / "chelsea.png", "--layer", "blocks.4,blocks.5,bn2", "--colormap", "viridis",
+        "--alpha", "0.6", "--format", "jpg", "--out", tmp_path, "--device", "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in tmp_path.glob("*.jpg"))
+    assert [n.split("_")[2] for n in names] == ["blocks.4", "blocks.5", "bn2"]
