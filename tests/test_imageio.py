@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from camlens.errors import CamlensError, ImageError
-from camlens.imageio import find_images, read_image, save_image, unique_stems, write_atomic
+from camlens.imageio import _umask, find_images, read_image, save_image, unique_stems, write_atomic
 
 
 @pytest.fixture
@@ -90,6 +90,7 @@ def test_write_atomic_never_clobbers_and_leaves_no_partials(tmp_path: Path) -> N
     with pytest.raises(CamlensError, match="exists; pass --overwrite"):
         write_atomic(dest, lambda fh: fh.write(b"second"))
     assert dest.read_bytes() == b"first"
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
     def failing(fh) -> None:  # type: ignore[no-untyped-def]
         fh.write(b"half")

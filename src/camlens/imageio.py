@@ -80,6 +80,7 @@ def write_atomic(dest: Path, write: Callable[[BinaryIO], None], overwrite: bool 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
+        os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(fd, "wb") as fh:
             write(fh)
         if overwrite:
@@ -94,6 +95,12 @@ def write_atomic(dest: Path, write: Callable[[BinaryIO], None], overwrite: bool 
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_image(img: Image.Image, dest: Path, overwrite: bool = False) -> Path:
