@@ -48,7 +48,12 @@ def test_exif_orientation_applied(tmp_path: Path, photo: Image.Image) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "value", "expected"),
-    [("L", 128, (128, 128, 128)), ("CMYK", (0, 255, 255, 0), (255, 0, 0)), ("I;16", 65535, (255, 255, 255)), ("I;16", 32896, (128, 128, 128))],
+    [
+        ("L", 128, (128, 128, 128)),
+        ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+        ("I;16", 65535, (255, 255, 255)),
+        ("I;16", 32896, (128, 128, 128)),
+    ],
 )
 def test_modes_become_rgb(tmp_path: Path, mode: str, value: object, expected: tuple[int, int, int]) -> None:
     path = tmp_path / ("m.tif" if mode != "L" else "m.png")

@@ -17,9 +17,9 @@ from camlens.adapters.pytorch.extractor import Explainer, feature_maps
 from camlens.adapters.pytorch.layers import LayerSpec
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method
+from camlens.core.scores import softmax
 from camlens.errors import CamlensError, TargetError
 from camlens.imageio import read_image, save_image, to_rgb
-from camlens.core.scores import softmax
 from camlens.models import DEFAULT_MODEL, LoadedModel, load_model, wrap_model
 from camlens.models.labels import Labels
 from camlens.models.preprocess import Preprocessing

@@ -39,6 +39,8 @@ def read_image(path: str | Path) -> Image.Image:
             return to_rgb(upright)
     except UnidentifiedImageError as exc:
         raise ImageError(f"{p}: not an image, or a format camlens cannot read") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{p}: image too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{p}: truncated or corrupt image ({exc})") from exc
 
@@ -65,7 +67,7 @@ def find_images(root: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def write_atomic(dest: Path, write: Callable[[BinaryIO], None], overwrite: bool = False) -> Path:
+def write_atomic(dest: Path, write: Callable[[BinaryIO], object], overwrite: bool = False) -> Path:
     """Write a file via a temporary file in the same folder, then move it into place.
 
     Without ``overwrite`` an existing ``dest`` is never replaced (the move is a hard link, which

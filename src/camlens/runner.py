@@ -34,6 +34,7 @@ class ImageReport:
     source: Path
     predictions: list[Prediction] = field(default_factory=list)
     explanations: list[dict[str, object]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
     error: str | None = None
 
 
@@ -55,7 +56,7 @@ def run(
     out: Path,
     *,
     methods: Sequence[str],
-    layers: Sequence[str | None],
+    layers: Sequence[str] = (),
     target: TargetSpec = None,
     top: int = 5,
     options: RenderOptions = RenderOptions(),
@@ -64,6 +65,8 @@ def run(
     progress: Callable[[int], None] = lambda n: None,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``.
+
+    ``layers`` empty means the automatic layer; with several, file names include the layer.
 
     A file that cannot be read, or whose outputs already exist, is reported and skipped; the
     run goes on. Errors that concern every file (unknown method, layer, class) raise at once.
@@ -74,7 +77,6 @@ def run(
     if batch_size < 1:
         raise CamlensError("batch size must be at least 1")
     lens.parse_targets(target)
-    explainer_layers: list[str | None] = list(layers)
     reports = [ImageReport(p) for p in inputs]
     stems = dict(zip(inputs, unique_stems(list(inputs), root), strict=True))
     for start in range(0, len(reports), batch_size):
@@ -86,9 +88,8 @@ def run(
             except ImageError as exc:
                 report.error = str(exc)
         if loaded:
-            results = lens.explain(
-                [img for _, img in loaded], methods, explainer_layers if len(layers) > 1 else layers[0], target, top
-            )
+            layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
+            results = lens.explain([img for _, img in loaded], methods, layer_spec, target, top)
             for (report, _), explanations in zip(loaded, results, strict=True):
                 report.predictions = explanations[0].predictions
                 _write(report, explanations, out, stems[report.source], options, multi_layer=len(layers) > 1)
@@ -102,35 +103,48 @@ def _write(
 ) -> None:
     """Write all files of one image, or none: existing names are refused up front, and files
     already written are removed if a later one fails."""
-    ext = "jpg" if options.image_format.lower() in {"jpg", "jpeg"} else "png"
-    plan: list[tuple[Explanation, list[tuple[Path, Callable[[Path], Path]]]]] = []
-    for exp in explanations:
-        base = f"{stem}_{exp.method}" + (f"_{_safe(exp.layer)}" if multi_layer else "")
-        base = out / f"{base}_{exp.target.index}-{_safe(exp.target.label.split(',')[0])}"
-        files = [(base.with_name(f"{base.name}.{ext}"), lambda p, e=exp: save_image(e.overlay(options.colormap, options.alpha), p, options.overwrite))]
-        if options.panel:
-            files.append((base.with_name(f"{base.name}_panel.{ext}"), lambda p, e=exp: save_image(e.panel(options.colormap, options.alpha), p, options.overwrite)))
-        if options.save_raw:
-            files.append((base.with_name(f"{base.name}.npy"), lambda p, e=exp: save_array(e.raw, p, options.overwrite)))
-        plan.append((exp, files))
-    existing = [p for _, files in plan for p, _ in files if p.exists()]
+    plan = [(exp, _planned_files(exp, out, stem, options, multi_layer)) for exp in explanations]
+    existing = [path for _, files in plan for path, _ in files if path.exists()]
     if existing and not options.overwrite:
         report.error = f"{report.source}: output {existing[0]} exists; pass --overwrite to replace it"
         return
     written: list[Path] = []
     try:
-        for _, files in plan:
-            for path, write in files:
-                written.append(write(path))
+        for exp, files in plan:
+            for path, kind in files:
+                written.append(_write_one(exp, kind, path, options))
     except CamlensError as exc:
         for path in written:
             path.unlink(missing_ok=True)
         report.error = f"{report.source}: {exc}"
         return
+    report.outputs = written
     report.explanations = [
         {"method": e.method, "layer": e.layer, "target": e.target.to_dict(), "outputs": [str(p) for p, _ in files]}
         for e, files in plan
     ]
+
+
+def _planned_files(
+    exp: Explanation, out: Path, stem: str, options: RenderOptions, multi_layer: bool
+) -> list[tuple[Path, str]]:
+    """``(path, kind)`` of every file for one explanation; kind is overlay, panel or raw."""
+    layer = f"_{_safe(exp.layer)}" if multi_layer else ""
+    base = f"{stem}_{exp.method}{layer}_{exp.target.index}-{_safe(exp.target.label.split(',')[0])}"
+    ext = "jpg" if options.image_format.lower() in {"jpg", "jpeg"} else "png"
+    files = [(out / f"{base}.{ext}", "overlay")]
+    if options.panel:
+        files.append((out / f"{base}_panel.{ext}", "panel"))
+    if options.save_raw:
+        files.append((out / f"{base}.npy", "raw"))
+    return files
+
+
+def _write_one(exp: Explanation, kind: str, path: Path, options: RenderOptions) -> Path:
+    if kind == "raw":
+        return save_array(exp.raw, path, options.overwrite)
+    render_fn = exp.panel if kind == "panel" else exp.overlay
+    return save_image(render_fn(options.colormap, options.alpha), path, options.overwrite)
 
 
 def _write_summary(

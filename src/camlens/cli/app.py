@@ -22,7 +22,9 @@ app = typer.Typer(
 out_console = Console()
 err_console = Console(stderr=True)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, or a checkpoint file.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, or a checkpoint file.")
+]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the named architecture.")]
 LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels file: one class name per line, or JSON.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
@@ -63,9 +65,15 @@ def explain(
     model: ModelOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
     labels: LabelsOpt = None,
-    method: Annotated[list[str], typer.Option("--method", help="cam, gradcam, gradcam++ (comma-separated or repeated).")] = ["gradcam"],  # noqa: B006
-    layer: Annotated[list[str] | None, typer.Option("--layer", help="Target layer(s), dotted names; default: the last spatial layer.")] = None,
-    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Class to explain: index, name, or top-K (repeatable). Default: top-1.")] = None,
+    method: Annotated[
+        list[str], typer.Option("--method", help="cam, gradcam, gradcam++ (comma-separated or repeated).")
+    ] = ["gradcam"],  # noqa: B006
+    layer: Annotated[
+        list[str] | None, typer.Option("--layer", help="Target layer(s), dotted names; default: the last spatial layer.")
+    ] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="Class to explain: index, name, or top-K (repeatable). Default: top-1.")
+    ] = None,
     top: Annotated[int, typer.Option("--top", help="Predictions to show per image.")] = 5,
     colormap: Annotated[str, typer.Option("--colormap", help="Any matplotlib colormap.")] = "jet",
     alpha: Annotated[float, typer.Option("--alpha", help="Heatmap opacity in the overlay, 0..1.")] = 0.5,
@@ -86,18 +94,17 @@ def explain(
     files, root = _inputs(inputs, recursive)
     lens = _lens(model, weights, labels, device)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
-    layers: list[str | None] = list(_split(layer)) or [None]
     with Progress(
         TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, transient=True, disable=len(files) < 2,
     ) as bar:
         task = bar.add_task("explain", total=len(files))
         report = runner.run(
-            lens, files, out, methods=_split(method), layers=layers, target=target or None, top=top,
+            lens, files, out, methods=_split(method), layers=_split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n),
         )
     _print_predictions(report.images, top)
-    written = sum(len(e["outputs"]) for r in report.images for e in r.explanations)  # type: ignore[arg-type]
+    written = sum(len(r.outputs) for r in report.images)
     out_console.print(f"wrote {written} files to {out}/ (summary: {report.summary})", soft_wrap=True)
     if report.failed:
         err_console.print(f"[red]{len(report.failed)} of {len(report.images)} images failed:[/red]")
@@ -147,7 +154,8 @@ def features(
     render.check_colormap(colormap)
     picture = read_image(image)
     lens = _lens(model, weights, labels, device)
-    for spec in _split(layer) or [None]:
+    specs: list[str | None] = [*_split(layer)] or [None]
+    for spec in specs:
         name, acts = lens.features(picture, spec)
         grid = render.feature_grid(acts, channels, colormap, title=f"{image.name} @ {name} ({acts.shape[0]} channels)")
         path = save_image(grid, out / f"{image.stem}_features_{name}.png", overwrite)
@@ -186,13 +194,18 @@ def layers(
 @app.command()
 def classes(
     word: Annotated[str, typer.Argument(help="Part of a class name; empty lists all.")] = "",
-    model: ModelOpt = "efficientnet_lite0",
+    model: Annotated[str, typer.Option("--model", "-m", help="A checkpoint file whose labels to search.")] = "efficientnet_lite0",
     labels: LabelsOpt = None,
 ) -> None:
-    """Search class names (ImageNet-1k by default, or a labels file)."""
+    """Search class names (ImageNet-1k by default, a checkpoint's, or a labels file's)."""
     from camlens.models.labels import from_file, imagenet
 
-    names = from_file(labels) if labels else (imagenet() if model == "efficientnet_lite0" else _lens(model, None, None, "cpu").labels)
+    if labels:
+        names = from_file(labels)
+    elif Path(model).is_file():  # a checkpoint carries its own labels
+        names = _lens(model, None, None, "cpu").labels
+    else:  # every named model camlens loads is an ImageNet-1k classifier
+        names = imagenet()
     hits = names.search(word)
     if not hits:
         raise CamlensError(f"no class name contains {word!r}")

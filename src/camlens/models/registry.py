@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from camlens.errors import ModelError
-from camlens.models import checkpoint, labels as labels_mod
+from camlens.models import checkpoint
+from camlens.models import labels as labels_mod
 from camlens.models.labels import Labels
 from camlens.models.preprocess import Preprocessing
 

@@ -115,7 +115,7 @@ class Explainer:
         self.methods: list[Method] = [get_method(m) if isinstance(m, str) else m for m in methods]
         if not self.methods:
             raise MethodError("no method given")
-        specs = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else list(layer)
+        specs: list[LayerSpec | None] = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else [*layer]
         self._model: nn.Module | None = model
         self._specs: list[LayerSpec | None] = specs
         self._layers: dict[str, nn.Module] | None = None

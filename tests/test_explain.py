@@ -1,0 +1,66 @@
+"""The high-level API: camlens.explain, Lens, Explanation, targets by name and top-k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torchvision
+
+import camlens
+from camlens.errors import CamlensError, TargetError
+from camlens.explain import Lens
+from camlens.samples import sample_image
+
+
+def test_one_call_explain_on_a_file(samples_dir: Path, tmp_path: Path) -> None:
+    exp = camlens.explain(samples_dir / "coffee.png", method="gradcam", target="Espresso", device="cpu")
+    assert isinstance(exp, camlens.Explanation)
+    assert exp.target.index == 967 and exp.target.label == "espresso" and exp.predictions[0].index == 967
+    assert exp.layer == "bn2" and exp.raw.shape == (7, 7)
+    assert exp.heatmap.shape == (400, 600) and exp.heatmap.min() == 0.0 and exp.heatmap.max() == 1.0
+    assert exp.overlay(colormap="hot", alpha=0.3).size == (600, 400)
+    path = exp.save(tmp_path / "x.png")
+    with pytest.raises(CamlensError, match="exists"):
+        exp.save(path)
+    exp.save(path, panel=True, overwrite=True)
+    assert exp.to_dict()["target"] == {"index": 967, "label": "espresso", "probability": round(exp.target.probability, 6)}
+
+
+def test_targets_mix_names_indices_and_top_k(lens: Lens) -> None:
+    cat = sample_image("chelsea")
+    [items] = lens.explain([cat], ["gradcam", "cam"], None, ["top-2", "tabby", 282], top=3)
+    targets = list(dict.fromkeys(e.target.index for e in items))
+    top2 = [p.index for p in items[0].predictions[:2]]
+    assert targets[:2] == top2 and set(targets) == set(top2) | {281, 282}
+    assert [e.method for e in items[:2]] == ["gradcam", "cam"]
+    assert len(items) == 2 * len(targets) and len(items[0].predictions) == 3
+    with pytest.raises(TargetError, match="no class named 'tabbby'"):
+        lens.explain([cat], target="tabbby")
+
+
+def test_lens_on_a_users_module_with_labels(tmp_path: Path) -> None:
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    (tmp_path / "labels.txt").write_text("ant\nbee\nwasp\n")
+    lens = Lens(model, labels=tmp_path / "labels.txt")
+    [items] = lens.explain([sample_image("rocket")], "gradcam++", ["layer3", "layer4"], target="wasp")
+    assert [(e.layer, e.target.label) for e in items] == [("layer3", "wasp"), ("layer4", "wasp")]
+    assert all(np.isfinite(e.heatmap).all() for e in items)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_array_and_pil_inputs_agree(lens: Lens) -> None:
+    arr = np.asarray(sample_image("coffee"))
+    a = lens.explain([arr])[0][0]
+    b = lens.explain([sample_image("coffee")])[0][0]
+    np.testing.assert_allclose(a.raw, b.raw)
+    with pytest.raises(CamlensError, match="uint8 array"):
+        lens.explain([arr.astype(np.float32)])
+
+
+def test_features_of_a_layer(lens: Lens) -> None:
+    name, acts = lens.features(sample_image("chelsea"), "blocks.1")
+    assert name == "blocks.1" and acts.shape == (24, 56, 56)
+    auto, last = lens.features(sample_image("chelsea"))
+    assert auto == "bn2" and last.shape == (1280, 7, 7)
