@@ -164,3 +164,15 @@ def test_deep_model_all_methods_finite(deep) -> None:  # type: ignore[no-untyped
     for by_layer in res.maps.values():
         for maps in by_layer.values():
             assert np.isfinite(maps).all() and (maps >= 0).all()
+
+
+def test_cam_and_gradcam_together_on_densenet_match_separate_runs() -> None:
+    """CAM weighs relu(features) for DenseNet; Grad-CAM in the same run still uses features."""
+    model = torchvision.models.densenet121(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with Explainer(model, ["cam", "gradcam", "gradcam++"]) as both, CAM(model) as cam, GradCAM(model) as gc:
+        res = both(x, targets=7)
+        np.testing.assert_allclose(res.maps["cam"]["features"], cam(x, targets=7).map(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(res.maps["gradcam"]["features"], gc(x, targets=7).map(), rtol=1e-5, atol=1e-9)
+    with torch.no_grad():
+        np.testing.assert_allclose(res.activations["features"], model.features(x).numpy(), rtol=1e-5, atol=1e-6)

@@ -72,7 +72,7 @@ def explain(
         list[str] | None, typer.Option("--layer", help="Target layer(s), dotted names; default: the last spatial layer.")
     ] = None,
     target: Annotated[
-        list[str] | None, typer.Option("--target", "-t", help="Class to explain: index, name, or top-K (repeatable). Default: top-1.")
+        list[str] | None, typer.Option("--target", "-t", help="Class: index, name, or top-K (repeatable). Default: top-1.")
     ] = None,
     top: Annotated[int, typer.Option("--top", help="Predictions to show per image.")] = 5,
     colormap: Annotated[str, typer.Option("--colormap", help="Any matplotlib colormap.")] = "jet",

@@ -12,7 +12,7 @@ from torch import nn
 
 from camlens.adapters.pytorch import capture as cap
 from camlens.adapters.pytorch.head import LinearHead, find_linear_head, verify_head
-from camlens.adapters.pytorch.layers import LayerInfo, LayerSpec, auto_layer, resolve, trace
+from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
 from camlens.core.capture import Capture
 from camlens.core.methods import Method, get_method
 from camlens.core.scores import softmax
@@ -119,7 +119,6 @@ class Explainer:
         self._model: nn.Module | None = model
         self._specs: list[LayerSpec | None] = specs
         self._layers: dict[str, nn.Module] | None = None
-        self._trace: list[LayerInfo] | None = None
         self._head: LinearHead | None = None
         if all(s is not None for s in specs) and not self._needs_head:
             self._layers = dict(resolve(model, s) for s in specs)  # type: ignore[arg-type]
@@ -146,15 +145,15 @@ class Explainer:
         if self._layers is not None:
             return self._layers
         model = self.model
-        self._trace = trace(model, example[:1])
+        traced = trace(model, example[:1])
         layers: dict[str, nn.Module] = {}
         for spec in self._specs:
-            name, module = resolve(model, spec if spec is not None else auto_layer(model, self._trace))
+            name, module = resolve(model, spec if spec is not None else auto_layer(model, traced))
             layers[name] = module
         if self._needs_head:
-            classes = next(i.output_shape for i in reversed(self._trace) if i.output_shape)[-1]
-            head_layer = auto_layer(model, self._trace)
-            self._head = find_linear_head(model, head_layer, self._trace, classes)
+            classes = next(i.output_shape for i in reversed(traced) if i.output_shape)[-1]
+            head_layer = auto_layer(model, traced)
+            self._head = find_linear_head(model, head_layer, traced, classes)
             others = [n for n in layers if n != head_layer]
             if others:
                 raise MethodError(
@@ -190,38 +189,32 @@ class Explainer:
         )
         t = resolve_targets(targets, fwd.logits, top)
         grads = cap.gradients(fwd, t) if self._needs_gradients else None
-        class_weights = None
-        acts = {name: a.detach() for name, a in fwd.activations.items()}
+        acts = {name: a.detach().float().cpu().numpy() for name, a in fwd.activations.items()}
+        head_features = class_weights = None
         if self._head is not None:
-            head = verify_head(self._head, acts[self._head.layer], fwd.head_input)  # type: ignore[arg-type]
-            acts[head.layer] = head.features(acts[head.layer])
-            class_weights = head.linear.weight.detach()
-        np_acts = {name: a.float().cpu().numpy() for name, a in acts.items()}
+            self._head = verify_head(self._head, fwd.activations[self._head.layer].detach(), fwd.head_input)  # type: ignore[arg-type]
+            head_features = self._head.features(fwd.activations[self._head.layer].detach()).float().cpu().numpy()
+            class_weights = self._head.linear.weight.detach().float().cpu().numpy()
+        targets_np = t.cpu().numpy()
         maps: dict[str, dict[str, np.ndarray]] = {m.name: {} for m in self.methods}
-        for name, a in np_acts.items():
+        for name, a in acts.items():
             per_k: dict[str, list[np.ndarray]] = {m.name: [] for m in self.methods}
             for k in range(t.shape[1]):
-                column = t[:, k]
-                captured = Capture(
-                    activations=a,
-                    targets=column.cpu().numpy(),
-                    gradients=grads[k][name].float().cpu().numpy() if grads else None,
-                    class_weights=class_weights[column].float().cpu().numpy() if class_weights is not None else None,
-                )
+                column = targets_np[:, k]
+                captured = Capture(a, column, gradients=grads[k][name].float().cpu().numpy() if grads else None)
                 for m in self.methods:
-                    per_k[m.name].append(m(captured))
+                    if m.needs_class_weights:  # CAM weighs what the linear head pools (ReLU'd for DenseNet)
+                        assert head_features is not None and class_weights is not None
+                        per_k[m.name].append(m(Capture(head_features, column, class_weights=class_weights[column])))
+                    else:
+                        per_k[m.name].append(m(captured))
             for m in self.methods:
                 maps[m.name][name] = np.stack(per_k[m.name], axis=1)
-        return CamResult(
-            logits=fwd.logits.detach().float().cpu().numpy(),
-            targets=t.cpu().numpy(),
-            maps=maps,
-            activations=np_acts,
-        )
+        return CamResult(logits=fwd.logits.detach().float().cpu().numpy(), targets=targets_np, maps=maps, activations=acts)
 
     def close(self) -> None:
         """Drop references to the model and its layers."""
-        self._model = self._layers = self._trace = self._head = None
+        self._model = self._layers = self._head = None
 
     def __enter__(self) -> Explainer:
         return self
