@@ -4,7 +4,8 @@ ResNet-50 (random weights: timing does not depend on them), batch of 8 at 224x22
 ``layer4``, top-1 class. Each timed call includes the prediction (the forward pass) and maps
 upsampled to 224x224 and min-max normalised, as pytorch-grad-cam returns them. The three
 measurements are interleaved round by round, so machine noise hits all of them alike; medians
-are reported. Target: camlens / plain forward <= 1.10.
+are reported. Target: camlens / plain forward <= 1.10. The top-3 row explains the three best
+classes of every image from the same single forward pass.
 
 Run: python bench/gradcam_overhead.py [--rounds 15] [--batch 8]
 """
@@ -46,6 +47,10 @@ def main() -> None:
         result = ours(x)
         normalize(upsample(result.map()[:, 0], (args.size, args.size)))
 
+    def camlens_top3() -> None:
+        result = ours(x, top=3)
+        normalize(upsample(result.map(), (args.size, args.size)))
+
     pgc = PGCGradCAM(model=model, target_layers=[model.layer4])
 
     def pytorch_grad_cam() -> None:
@@ -56,6 +61,7 @@ def main() -> None:
     runs: dict[str, Callable[[], None]] = {
         "plain forward (no_grad)": plain,
         "camlens Grad-CAM": camlens_gradcam,
+        "camlens Grad-CAM, top-3": camlens_top3,
         "pytorch-grad-cam Grad-CAM": pytorch_grad_cam,
     }
     for fn in runs.values():  # warm-up
