@@ -133,3 +133,34 @@ def test_multi_layer_run_names_files_by_layer(samples_dir: Path, tmp_path: Path)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in tmp_path.glob("*.jpg"))
     assert [n.split("_")[2] for n in names] == ["blocks.4", "blocks.5", "bn2"]
+
+
+def test_model_failures_are_one_line_and_exit_3(tmp_path: Path, samples_dir: Path) -> None:
+    import torchvision
+
+    from camlens.models import Labels, Preprocessing, save_checkpoint
+
+    # a checkpoint whose preprocessing (1 channel) does not fit its network (3 channels)
+    model = torchvision.models.resnet18(num_classes=2)
+    save_checkpoint(tmp_path / "bad.pt", "resnet18", model, Labels(("a", "b")), Preprocessing((0.5,), (0.5,), (64, 64), "bilinear", 1))
+    result = camlens("explain", samples_dir / "coffee.png", "--model", tmp_path / "bad.pt", "--out", tmp_path / "o")
+    assert result.returncode == 3
+    assert result.stderr.startswith("error: RuntimeError: ") and "CAMLENS_DEBUG=1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_recursive_folder_mirrors_sub_folders(samples_dir: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    shutil.copy(samples_dir / "chelsea.png", photos / "cats" / "chelsea.png")
+    shutil.copy(samples_dir / "coffee.png", photos / "coffee.png")
+    result = camlens("explain", photos, "--recursive", "--target", "espresso", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == [
+        "cats/chelsea_gradcam_967-espresso.png",
+        "coffee_gradcam_967-espresso.png",
+    ]
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    again = camlens("explain", photos / "coffee.png", "--out", blocked / "sub", "--device", "cpu")
+    assert again.returncode == 2 and "cannot create output folder" in again.stderr and blocked.read_text() == "x"

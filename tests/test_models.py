@@ -111,3 +111,27 @@ def test_cuda_requested_without_gpu() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(ModelError, match="no CUDA GPU here; use --device cpu"):
         load_model(device="cuda")
+
+
+def test_timm_architecture_with_local_weights(tmp_path: Path) -> None:
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=5).eval()
+    torch.save(model.state_dict(), tmp_path / "t.pth")
+    loaded = load_model("timm:resnet18", weights=tmp_path / "t.pth", device="cpu")
+    assert len(loaded.labels) == 5 and loaded.preprocessing.input_size == (224, 224)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x))
+
+
+def test_grayscale_preprocessing() -> None:
+    from PIL import Image
+
+    prep = Preprocessing(mean=(0.5,), std=(0.25,), input_size=(8, 6), interpolation="bilinear", channels=1)
+    x = prep([Image.new("RGB", (12, 16), (255, 255, 255)), Image.new("L", (3, 3), 0)])
+    assert x.shape == (2, 1, 8, 6)
+    torch.testing.assert_close(x[0], torch.full((1, 8, 6), 2.0))
+    torch.testing.assert_close(x[1], torch.full((1, 8, 6), -2.0))
+    rgb = Preprocessing(input_size=(4, 4))([Image.new("RGB", (9, 9), (255, 0, 0))])
+    torch.testing.assert_close(rgb[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]))

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from camlens import render
+from camlens.adapters.pytorch.capture import logits_of
 from camlens.adapters.pytorch.extractor import Explainer, feature_maps
 from camlens.adapters.pytorch.layers import LayerSpec
 from camlens.core.maps import normalize, upsample
@@ -130,8 +131,6 @@ class Lens:
         """Top-``top`` predictions for each image (one forward pass, no gradients)."""
         pictures = [as_image(i) for i in images]
         with torch.no_grad():
-            from camlens.adapters.pytorch.capture import logits_of
-
             logits = logits_of(self.loaded.model(self.tensor(pictures))).float().cpu().numpy()
         return [self._top(row, top) for row in softmax(logits)]
 

@@ -76,10 +76,13 @@ def write_atomic(dest: Path, write: Callable[[BinaryIO], object], overwrite: boo
     Raises:
         CamlensError: ``dest`` exists and ``overwrite`` is False, or the write failed.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists() and not overwrite:
         raise CamlensError(f"{dest}: exists; pass --overwrite to replace it")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise CamlensError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
     tmp = Path(tmp_name)
     try:
         os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode

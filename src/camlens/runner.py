@@ -77,6 +77,12 @@ def run(
     if batch_size < 1:
         raise CamlensError("batch size must be at least 1")
     lens.parse_targets(target)
+    layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
+    lens.explainer(methods, layer_spec)  # unknown methods and layer names fail here, before any output
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CamlensError(f"{out}: cannot create output folder ({exc.strerror or exc})") from exc
     reports = [ImageReport(p) for p in inputs]
     stems = dict(zip(inputs, unique_stems(list(inputs), root), strict=True))
     for start in range(0, len(reports), batch_size):
@@ -88,7 +94,6 @@ def run(
             except ImageError as exc:
                 report.error = str(exc)
         if loaded:
-            layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
             results = lens.explain([img for _, img in loaded], methods, layer_spec, target, top)
             for (report, _), explanations in zip(loaded, results, strict=True):
                 report.predictions = explanations[0].predictions

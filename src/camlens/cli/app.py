@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -235,7 +236,8 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the app; a :class:`CamlensError` prints one line and exits 2."""
+    """Entry point. Errors print one line, no traceback: unreadable images exit 1, other input
+    errors (:class:`CamlensError`) 2, anything else 3 (``CAMLENS_DEBUG=1`` shows its traceback)."""
     try:
         app()
     except ImageError as exc:
@@ -247,3 +249,12 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as exc:  # a model or library failure: one line, the traceback on request
+        if os.environ.get("CAMLENS_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        err_console.print(
+            f"error: {type(exc).__name__}: {first} (set CAMLENS_DEBUG=1 for the traceback)",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+        sys.exit(3)
