@@ -142,7 +142,8 @@ def test_model_failures_are_one_line_and_exit_3(tmp_path: Path, samples_dir: Pat
 
     # a checkpoint whose preprocessing (1 channel) does not fit its network (3 channels)
     model = torchvision.models.resnet18(num_classes=2)
-    save_checkpoint(tmp_path / "bad.pt", "resnet18", model, Labels(("a", "b")), Preprocessing((0.5,), (0.5,), (64, 64), "bilinear", 1))
+    one_channel = Preprocessing((0.5,), (0.5,), (64, 64), "bilinear", channels=1)
+    save_checkpoint(tmp_path / "bad.pt", "resnet18", model, Labels(("a", "b")), one_channel)
     result = camlens("explain", samples_dir / "coffee.png", "--model", tmp_path / "bad.pt", "--out", tmp_path / "o")
     assert result.returncode == 3
     assert result.stderr.startswith("error: RuntimeError: ") and "CAMLENS_DEBUG=1" in result.stderr
