@@ -19,6 +19,7 @@ from camlens.adapters.pytorch.layers import LayerSpec
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method
 from camlens.core.scores import softmax
+from camlens.core.targets import top_k
 from camlens.errors import CamlensError, TargetError
 from camlens.imageio import read_image, save_image, to_rgb
 from camlens.models import DEFAULT_MODEL, LoadedModel, load_model, wrap_model
@@ -157,11 +158,11 @@ class Lens:
         sources = [str(i) if isinstance(i, (str, Path)) else "<image>" for i in images]
         fixed, best = self.parse_targets(target)
 
-        def choose(logits: torch.Tensor) -> torch.Tensor:
-            parts = [logits.topk(min(best, logits.shape[1]), dim=1).indices] if best else []
+        def choose(logits: np.ndarray) -> np.ndarray:
+            parts = [top_k(logits, best)] if best else []
             if fixed:
-                parts.append(torch.tensor(fixed, device=logits.device).expand(logits.shape[0], -1))
-            return torch.cat(parts, dim=1)
+                parts.append(np.tile(np.asarray(fixed, dtype=np.int64), (logits.shape[0], 1)))
+            return np.concatenate(parts, axis=1)
 
         result = self.explainer(method, layer)(self.tensor(pictures), choose)
         probs = result.probabilities

@@ -1,7 +1,8 @@
 """PyTorch adapter: hooks that capture activations and gradients for the core methods."""
 
-from camlens.adapters.pytorch.extractor import CAM, CamResult, Explainer, GradCAM, GradCAMPlusPlus, resolve_targets
+from camlens.adapters.pytorch.extractor import CAM, Explainer, GradCAM, GradCAMPlusPlus, feature_maps
 from camlens.adapters.pytorch.layers import LayerInfo, auto_layer, resolve, trace
+from camlens.core.result import CamResult
 
 __all__ = [
     "CAM",
@@ -12,6 +13,6 @@ __all__ = [
     "LayerInfo",
     "auto_layer",
     "resolve",
-    "resolve_targets",
+    "feature_maps",
     "trace",
 ]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -13,81 +12,11 @@ from torch import nn
 from camlens.adapters.pytorch import capture as cap
 from camlens.adapters.pytorch.head import LinearHead, find_linear_head, verify_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
-from camlens.core.capture import Capture
+from camlens.core.compute import compute_maps
 from camlens.core.methods import Method, get_method
-from camlens.core.scores import softmax
-from camlens.errors import CamlensError, MethodError, TargetError
-
-Targets = (
-    int
-    | Sequence[int]
-    | Sequence[Sequence[int]]
-    | np.ndarray
-    | torch.Tensor
-    | Callable[[torch.Tensor], torch.Tensor]
-    | None
-)
-
-
-@dataclass(frozen=True)
-class CamResult:
-    """Raw maps for a batch.
-
-    Attributes:
-        logits: ``(N, classes)`` pre-softmax scores.
-        targets: ``(N, K)`` class indices explained for each sample.
-        maps: ``maps[method][layer]`` is ``(N, K, h, w)``, at the layer's resolution, not
-            normalised (see :func:`camlens.core.normalize` and :func:`camlens.core.upsample`).
-        activations: layer -> ``(N, C, h, w)`` captured feature maps.
-    """
-
-    logits: np.ndarray
-    targets: np.ndarray
-    maps: dict[str, dict[str, np.ndarray]]
-    activations: dict[str, np.ndarray] = field(repr=False)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Softmax of the logits, ``(N, classes)``."""
-        return softmax(self.logits)
-
-    def map(self, method: str | None = None, layer: str | None = None) -> np.ndarray:
-        """The ``(N, K, h, w)`` maps of one method and layer (either may be omitted when unique)."""
-        by_method = self.maps[method] if method else _only(self.maps, "method")
-        return by_method[layer] if layer else _only(by_method, "layer")
-
-
-def _only(d: dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]], what: str):  # type: ignore[no-untyped-def]
-    if len(d) != 1:
-        raise KeyError(f"several {what}s computed ({', '.join(d)}); name one")
-    return next(iter(d.values()))
-
-
-def resolve_targets(targets: Targets, logits: torch.Tensor, top: int | None = None) -> torch.Tensor:
-    """Turn a target spec into ``(N, K)`` class indices.
-
-    ``None`` -> top-1 (or the ``top`` best); an int -> that class for every sample; a sequence
-    of N ints -> one class per sample; an ``(N, K)`` array -> K classes per sample; a callable
-    -> called with the detached ``(N, classes)`` logits, returning any of the above.
-    """
-    n, classes = logits.shape
-    if callable(targets):
-        targets = targets(logits.detach())
-    if targets is None:
-        return logits.detach().topk(min(top or 1, classes), dim=1).indices
-    t = torch.as_tensor(targets, dtype=torch.long, device=logits.device)
-    if t.ndim == 0:
-        t = t.expand(n, 1)
-    elif t.ndim == 1:
-        if t.shape[0] != n:
-            raise TargetError(f"{t.shape[0]} targets for a batch of {n}; give one per sample")
-        t = t[:, None]
-    elif t.ndim != 2 or t.shape[0] != n:
-        raise TargetError(f"targets of shape {tuple(t.shape)} do not fit a batch of {n}")
-    bad = t[(t < 0) | (t >= classes)]
-    if bad.numel():
-        raise TargetError(f"class index {int(bad[0])} is out of range: the model has {classes} classes")
-    return t.contiguous()
+from camlens.core.result import CamResult
+from camlens.core.targets import Targets, resolve_targets
+from camlens.errors import CamlensError, MethodError
 
 
 class Explainer:
@@ -187,30 +116,18 @@ class Explainer:
             with_gradients=self._needs_gradients,
             head=self._head.linear if self._head else None,
         )
-        t = resolve_targets(targets, fwd.logits, top)
+        targets_np = resolve_targets(targets, _numpy(fwd.logits), top)
+        t = torch.from_numpy(targets_np).to(fwd.logits.device)
         grads = cap.gradients(fwd, t) if self._needs_gradients else None
-        acts = {name: a.detach().float().cpu().numpy() for name, a in fwd.activations.items()}
-        head_features = class_weights = None
+        acts = {name: _numpy(a) for name, a in fwd.activations.items()}
+        head = None
         if self._head is not None:
             self._head = verify_head(self._head, fwd.activations[self._head.layer].detach(), fwd.head_input)  # type: ignore[arg-type]
-            head_features = self._head.features(fwd.activations[self._head.layer].detach()).float().cpu().numpy()
-            class_weights = self._head.linear.weight.detach().float().cpu().numpy()
-        targets_np = t.cpu().numpy()
-        maps: dict[str, dict[str, np.ndarray]] = {m.name: {} for m in self.methods}
-        for name, a in acts.items():
-            per_k: dict[str, list[np.ndarray]] = {m.name: [] for m in self.methods}
-            for k in range(t.shape[1]):
-                column = targets_np[:, k]
-                captured = Capture(a, column, gradients=grads[k][name].float().cpu().numpy() if grads else None)
-                for m in self.methods:
-                    if m.needs_class_weights:  # CAM weighs what the linear head pools (ReLU'd for DenseNet)
-                        assert head_features is not None and class_weights is not None
-                        per_k[m.name].append(m(Capture(head_features, column, class_weights=class_weights[column])))
-                    else:
-                        per_k[m.name].append(m(captured))
-            for m in self.methods:
-                maps[m.name][name] = np.stack(per_k[m.name], axis=1)
-        return CamResult(logits=fwd.logits.detach().float().cpu().numpy(), targets=targets_np, maps=maps, activations=acts)
+            features = _numpy(self._head.features(fwd.activations[self._head.layer]))
+            head = (self._head.layer, features, _numpy(self._head.linear.weight))
+        grads_np = [{n: _numpy(g) for n, g in column.items()} for column in grads] if grads else None
+        maps = compute_maps(self.methods, acts, targets_np, grads_np, head)
+        return CamResult(logits=_numpy(fwd.logits), targets=targets_np, maps=maps, activations=acts)
 
     def close(self) -> None:
         """Drop references to the model and its layers."""
@@ -221,6 +138,10 @@ class Explainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
 
 
 class CAM(Explainer):
