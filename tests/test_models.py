@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -130,8 +131,11 @@ def test_grayscale_preprocessing() -> None:
 
     prep = Preprocessing(mean=(0.5,), std=(0.25,), input_size=(8, 6), interpolation="bilinear", channels=1)
     x = prep([Image.new("RGB", (12, 16), (255, 255, 255)), Image.new("L", (3, 3), 0)])
-    assert x.shape == (2, 1, 8, 6)
-    torch.testing.assert_close(x[0], torch.full((1, 8, 6), 2.0))
-    torch.testing.assert_close(x[1], torch.full((1, 8, 6), -2.0))
+    assert x.shape == (2, 1, 8, 6) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], np.full((1, 8, 6), 2.0))
+    np.testing.assert_allclose(x[1], np.full((1, 8, 6), -2.0))
     rgb = Preprocessing(input_size=(4, 4))([Image.new("RGB", (9, 9), (255, 0, 0))])
-    torch.testing.assert_close(rgb[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
+    np.testing.assert_allclose(rgb[0, :, 0, 0], [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-6)
+    nhwc = Preprocessing(input_size=(4, 4), layout="NHWC", function="numpy.negative")([Image.new("RGB", (9, 9), (255, 0, 0))])
+    assert nhwc.shape == (1, 4, 4, 3)
+    np.testing.assert_allclose(nhwc[0, 0, 0], [-255.0, 0.0, 0.0])

@@ -6,16 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from camlens import render
-from camlens.adapters.pytorch.capture import logits_of
-from camlens.adapters.pytorch.extractor import Explainer, feature_maps
-from camlens.adapters.pytorch.layers import LayerSpec
+from camlens.adapters.backends import ExplainerFn, backend_for
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method
 from camlens.core.scores import softmax
@@ -99,47 +97,49 @@ class Lens:
 
     Args:
         model: a model name for :func:`camlens.models.load_model` (default: the bundled
-            EfficientNet-Lite0), a :class:`~camlens.models.LoadedModel`, or an ``nn.Module``
-            (then give ``labels`` and ``preprocessing`` if they are not ImageNet's; the module
-            is used as it is, on its own device and in its own train/eval mode).
+            EfficientNet-Lite0), a :class:`~camlens.models.LoadedModel`, an ``nn.Module`` or a
+            Keras 3 model (then give ``labels`` and ``preprocessing`` if they are not the
+            defaults of :func:`camlens.models.wrap_model`; the model is used as it is).
+        output: for a multi-output Keras model, the output to explain (index or name).
     """
 
     def __init__(
         self,
-        model: str | LoadedModel | nn.Module = DEFAULT_MODEL,
+        model: Any = DEFAULT_MODEL,
         *,
         weights: str | Path | None = None,
         labels: str | Path | None = None,
         preprocessing: Preprocessing | None = None,
         device: str | torch.device = "auto",
+        output: int | str | None = None,
     ) -> None:
         if isinstance(model, str):
-            model = load_model(model, weights=weights, labels=labels, device=device)
-        elif isinstance(model, nn.Module):
-            model = wrap_model(model, labels=labels, preprocessing=preprocessing)
-        self.loaded = model
-        self._explainers: dict[tuple[object, object], Explainer] = {}
+            model = load_model(model, weights=weights, labels=labels, device=device, output=output)
+        elif not isinstance(model, LoadedModel):
+            model = wrap_model(model, labels=labels, preprocessing=preprocessing, output=output)
+        self.loaded: LoadedModel = model
+        self.backend = backend_for(model)
+        self._explainers: dict[tuple[object, object], ExplainerFn] = {}
 
     @property
     def labels(self) -> Labels:
         return self.loaded.labels
 
-    def tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Preprocess RGB images into a batch on the model's device."""
-        return self.loaded.preprocessing(images).to(self.loaded.device)
+    def tensor(self, images: Sequence[Image.Image]) -> Any:
+        """Preprocess RGB images into the model's input batch (a tensor on its device for
+        PyTorch, a channels-last array for Keras)."""
+        return self.backend.to_input(self.loaded, self.loaded.preprocessing(images))
 
     def predict(self, images: Sequence[ImageLike], top: int = 5) -> list[list[Prediction]]:
         """Top-``top`` predictions for each image (one forward pass, no gradients)."""
-        pictures = [as_image(i) for i in images]
-        with torch.no_grad():
-            logits = logits_of(self.loaded.model(self.tensor(pictures))).float().cpu().numpy()
+        logits = self.backend.logits(self.loaded, self.tensor([as_image(i) for i in images]))
         return [self._top(row, top) for row in softmax(logits)]
 
     def explain(
         self,
         images: Sequence[ImageLike],
         method: str | Method | Sequence[str | Method] = "gradcam",
-        layer: LayerSpec | Sequence[LayerSpec] | None = None,
+        layer: Any = None,
         target: TargetSpec = None,
         top: int = 5,
     ) -> list[list[Explanation]]:
@@ -180,19 +180,17 @@ class Lens:
             out.append(items)
         return out
 
-    def features(self, image: ImageLike, layer: LayerSpec | None = None) -> tuple[str, np.ndarray]:
+    def features(self, image: ImageLike, layer: Any = None) -> tuple[str, np.ndarray]:
         """``(layer name, (C, h, w) activations)`` of one image at a layer (automatic if None)."""
-        name, acts = feature_maps(self.loaded.model, self.tensor([as_image(image)]), layer)
+        name, acts = self.backend.feature_maps(self.loaded, self.tensor([as_image(image)]), layer)
         return name, acts[0]
 
-    def explainer(
-        self, method: str | Method | Sequence[str | Method], layer: LayerSpec | Sequence[LayerSpec] | None
-    ) -> Explainer:
-        """The (cached) :class:`Explainer` for these methods and layers on this model, so that
-        automatic layers and the CAM head are found once, not once per batch."""
+    def explainer(self, method: str | Method | Sequence[str | Method], layer: Any) -> ExplainerFn:
+        """The (cached) explainer for these methods and layers on this model, so that automatic
+        layers and the CAM head are found once, not once per batch."""
         key = (_key(method), _key(layer))
         if key not in self._explainers:
-            self._explainers[key] = Explainer(self.loaded.model, method, layer)
+            self._explainers[key] = self.backend.explainer(self.loaded, method, layer)
         return self._explainers[key]
 
     def parse_targets(self, target: TargetSpec) -> tuple[list[int], int]:
@@ -253,11 +251,11 @@ def _lens(model: str, device: str) -> Lens:
 
 def explain(
     image: ImageLike,
-    model: str | Lens | nn.Module = DEFAULT_MODEL,
+    model: Any = DEFAULT_MODEL,
     *,
     method: str = "gradcam",
     target: int | str | None = None,
-    layer: LayerSpec | None = None,
+    layer: Any = None,
     top: int = 5,
     device: str = "auto",
 ) -> Explanation:
@@ -266,7 +264,9 @@ def explain(
     >>> exp = camlens.explain("cat.jpg", target="tabby cat")   # doctest: +SKIP
     >>> exp.predictions, exp.heatmap, exp.save("cat_gradcam.png")  # doctest: +SKIP
 
-    A model given by name is loaded once and kept for later calls.
+    ``model`` is a name (loaded once and kept for later calls), a :class:`Lens`, an
+    ``nn.Module`` or a Keras model; ``layer`` a layer name (``"outer/inner"`` for a layer of a
+    nested Keras model), a module/layer object, or None for the automatic choice.
     """
     lens = model if isinstance(model, Lens) else _lens(model, device) if isinstance(model, str) else Lens(model)
     return lens.explain([image], method, layer, target, top)[0][0]

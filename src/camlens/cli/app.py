@@ -171,25 +171,26 @@ def layers(
     device: DeviceOpt = "cpu",
 ) -> None:
     """List candidate target layers with their output shapes; mark the automatic choice."""
-    import torch
-
-    from camlens.adapters.pytorch.layers import auto_layer, trace
-
     lens = _lens(model, weights, None, device)
-    loaded = lens.loaded
-    example = torch.zeros(1, 3, *loaded.preprocessing.input_size, device=loaded.device)
-    infos = trace(loaded.model, example)
-    chosen = auto_layer(loaded.model, infos)
-    table = Table(title=f"{model}: layers in forward order (input {tuple(example.shape)})")
+    rows, chosen = lens.backend.layers(lens.loaded)
+    h, w = lens.loaded.preprocessing.input_size
+    table = Table(title=f"{model}: layers in forward order (input {h}x{w})")
     table.add_column("layer")
     table.add_column("type")
     table.add_column("output shape")
     table.add_column("")
-    for info in infos:
-        if show_all or info.spatial:
-            mark = "<- default" if info.name == chosen else ""
-            table.add_row(info.name, info.kind, str(info.output_shape), mark)
+    for name, kind, shape in rows:
+        if show_all or _spatial(shape):
+            table.add_row(name, kind, str(shape), "<- default" if name == chosen else "")
     out_console.print(table)
+
+
+def _spatial(shape: tuple[int | None, ...] | None) -> bool:
+    """A 4-D output with more than one spatial position (either layout; unknown counts)."""
+    if shape is None or len(shape) != 4:
+        return False
+    sizes = [d for d in shape[1:] if d is not None]
+    return len(sizes) < 3 or sorted(sizes)[1] > 1
 
 
 @app.command()

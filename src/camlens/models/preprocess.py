@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 _RESAMPLE = {
@@ -23,7 +23,10 @@ class Preprocessing:
 
     The whole image is resized to ``input_size = (height, width)``, with no centre crop, so a
     map covers every pixel of the picture the user sees. ``channels`` is 3 (RGB) or 1
-    (grayscale models; ``mean`` and ``std`` then hold one value each).
+    (grayscale models; ``mean`` and ``std`` then hold one value each). Pixels are scaled to
+    [0, 1] and normalised with ``mean``/``std`` unless ``function`` names a Keras-style
+    ``preprocess_input`` (e.g. ``"keras.applications.resnet50.preprocess_input"``), which then
+    receives the 0..255 pixels instead. ``layout`` is ``"NCHW"`` (PyTorch) or ``"NHWC"`` (Keras).
     """
 
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
@@ -31,17 +34,21 @@ class Preprocessing:
     input_size: tuple[int, int] = (224, 224)
     interpolation: str = "bicubic"
     channels: int = 3
+    layout: str = "NCHW"
+    function: str | None = None
 
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Return a ``(N, channels, H, W)`` float tensor for PIL images."""
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Return a float32 batch for PIL images, in :attr:`layout`."""
         h, w = self.input_size
         resample = _RESAMPLE.get(self.interpolation, Image.Resampling.BICUBIC)
         mode = "L" if self.channels == 1 else "RGB"
         arrays = [np.asarray(img.convert(mode).resize((w, h), resample), dtype=np.float32) for img in images]
-        x = torch.from_numpy(np.stack(arrays)).reshape(len(arrays), h, w, self.channels).permute(0, 3, 1, 2) / 255.0
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
-        return ((x - mean) / std).contiguous()
+        x: np.ndarray = np.stack(arrays).reshape(len(arrays), h, w, self.channels)
+        if self.function is not None:
+            x = np.asarray(_import(self.function)(x), dtype=np.float32)
+        else:
+            x = (x / 255.0 - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x if self.layout == "NHWC" else x.transpose(0, 3, 1, 2), dtype=np.float32)
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-friendly form (for checkpoints and run summaries)."""
@@ -56,4 +63,11 @@ class Preprocessing:
             input_size=tuple(data.get("input_size", cls.input_size)),  # type: ignore[arg-type]
             interpolation=str(data.get("interpolation", cls.interpolation)),
             channels=int(data.get("channels", cls.channels)),  # type: ignore[call-overload]
+            layout=str(data.get("layout", cls.layout)),
+            function=data.get("function"),  # type: ignore[arg-type]
         )
+
+
+def _import(dotted: str) -> Callable[[np.ndarray], np.ndarray]:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]

@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,18 +18,25 @@ from camlens.models.labels import Labels
 from camlens.models.preprocess import Preprocessing
 
 DEFAULT_MODEL = "efficientnet_lite0"
+_KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
 _BUNDLED_NAMES = ("efficientnet_lite0", "efficientnet-lite0")
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to explain: in eval mode, on its device, with labels and preprocessing."""
+    """A model ready to explain, with labels and preprocessing.
+
+    ``framework`` is ``"torch"`` (an ``nn.Module`` in eval mode on ``device``) or ``"keras"``
+    (a Keras 3 model; ``output`` picks the output of a multi-output model).
+    """
 
     name: str
-    model: nn.Module
+    model: Any
     labels: Labels
     preprocessing: Preprocessing
     device: torch.device
+    framework: str = "torch"
+    output: int | str | None = None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -50,13 +58,16 @@ def load_model(
     weights: str | Path | None = None,
     labels: str | Path | None = None,
     device: str | torch.device = "auto",
+    output: int | str | None = None,
 ) -> LoadedModel:
     """Build a model by name and return it ready to explain.
 
     Args:
         name: ``efficientnet_lite0`` (bundled, offline), a torchvision classification model
-            (``resnet50``, ``vgg16``, ...), ``timm:NAME``, or a path to a camlens checkpoint or
-            a pickled ``nn.Module``.
+            (``resnet50``, ``vgg16``, ...), ``timm:NAME``, ``keras:NAME`` (a
+            ``keras.applications`` model), or a path to a camlens checkpoint, a pickled
+            ``nn.Module``, or a Keras ``.keras``/``.h5`` model.
+        output: for a multi-output Keras model, the output to explain (index or name).
         weights: a local weights file (state dict) for the named architecture, instead of the
             official pretrained weights.
         labels: a labels file (one name per line, or JSON); ImageNet-1k names otherwise.
@@ -69,6 +80,11 @@ def load_model(
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None and not weights_path.is_file():
         raise ModelError(f"{weights_path}: no such weights file")
+    if name.startswith("keras:") or Path(name).suffix in _KERAS_SUFFIXES:
+        from camlens.models.keras_models import load_keras
+
+        keras_model, prep = load_keras(name, weights_path)
+        return wrap_model(keras_model, labels=labels, preprocessing=prep, name=name, output=output)
     if Path(name).suffix in {".pt", ".pth", ".ckpt", ".bin"} or Path(name).is_file():
         built, prep, names = _from_file(Path(name))
     else:
@@ -76,27 +92,46 @@ def load_model(
         names = None
     model = built.eval().to(dev)
     lab = labels_mod.from_file(labels) if labels is not None else Labels(tuple(names)) if names else None
-    return LoadedModel(name, model, _check_labels(lab, model), prep, dev)
+    return LoadedModel(name, model, _check_labels(lab, _num_classes(model)), prep, dev)
 
 
 def wrap_model(
-    model: nn.Module, *, labels: str | Path | None = None, preprocessing: Preprocessing | None = None
+    model: Any,
+    *,
+    labels: str | Path | None = None,
+    preprocessing: Preprocessing | None = None,
+    name: str | None = None,
+    output: int | str | None = None,
 ) -> LoadedModel:
-    """A user's ``nn.Module`` as a :class:`LoadedModel`, left on its device and in its mode.
+    """A user's ``nn.Module`` or Keras model as a :class:`LoadedModel`, left as it is (device,
+    train/eval mode).
 
-    Labels default to ImageNet-1k for 1000 classes, ``class i`` otherwise; preprocessing to
-    ImageNet mean/std at 224x224.
+    Labels default to ImageNet-1k for 1000 classes, ``negative, positive`` for a single sigmoid
+    unit, ``class i`` otherwise. Preprocessing defaults to ImageNet mean/std at 224x224 for
+    PyTorch, and to raw 0..255 pixels at the model's input size for Keras.
     """
+    from camlens.adapters.backends import is_keras_model
+
+    lab = labels_mod.from_file(labels) if labels is not None else None
+    if is_keras_model(model):
+        from camlens.adapters.keras.head import find_head
+        from camlens.models.keras_models import default_preprocessing
+
+        head = find_head(model, output)
+        binary = Labels(("negative", "positive")) if head.binary else None
+        checked = _check_labels(lab, head.num_classes, binary)
+        prep = preprocessing or default_preprocessing(model)
+        return LoadedModel(name or model.name, model, checked, prep, torch.device("cpu"), "keras", output)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     prep = preprocessing or Preprocessing()
-    lab = labels_mod.from_file(labels) if labels is not None else None
-    return LoadedModel(type(model).__name__, model, _check_labels(lab, model), prep, device)
+    return LoadedModel(name or type(model).__name__, model, _check_labels(lab, _num_classes(model)), prep, device)
 
 
-def _check_labels(lab: Labels | None, model: nn.Module) -> Labels:
-    num_classes = _num_classes(model)
+def _check_labels(lab: Labels | None, num_classes: int, default: Labels | None = None) -> Labels:
     if lab is None:
+        if default is not None:
+            return default
         return labels_mod.imagenet() if num_classes == 1000 else labels_mod.generic(num_classes)
     if len(lab) != num_classes:
         raise ModelError(f"{len(lab)} labels given for a model with {num_classes} classes")

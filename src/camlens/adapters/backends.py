@@ -1,0 +1,124 @@
+"""What the high-level API needs from a framework, behind one small interface.
+
+:class:`~camlens.explain.Lens` and the CLI talk to a :class:`Backend`; each framework adapter
+provides one. Frameworks are imported only when a model of theirs is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from camlens.core.result import CamResult
+
+if TYPE_CHECKING:
+    from camlens.models.registry import LoadedModel
+
+LayerRow = tuple[str, str, tuple[int | None, ...] | None]
+ExplainerFn = Callable[..., CamResult]
+
+
+class Backend(Protocol):
+    """Framework operations on a :class:`~camlens.models.LoadedModel`."""
+
+    def to_input(self, loaded: LoadedModel, batch: np.ndarray) -> Any:
+        """The preprocessed NumPy batch as the model's input."""
+
+    def logits(self, loaded: LoadedModel, batch: Any) -> np.ndarray:
+        """``(N, classes)`` pre-softmax scores, no gradients."""
+
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any) -> ExplainerFn:
+        """A callable ``(batch, targets, top=None) -> CamResult``."""
+
+    def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
+        """``(layer name, (N, C, h, w) activations)``."""
+
+    def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
+        """``(name, type, output shape)`` rows, and the layer chosen automatically."""
+
+
+class TorchBackend:
+    """PyTorch models (``nn.Module``)."""
+
+    def to_input(self, loaded: LoadedModel, batch: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(batch).to(loaded.device)
+
+    def logits(self, loaded: LoadedModel, batch: Any) -> np.ndarray:
+        import torch
+
+        from camlens.adapters.pytorch.capture import logits_of
+
+        with torch.no_grad():
+            return logits_of(loaded.model(batch)).float().cpu().numpy()
+
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any) -> ExplainerFn:
+        from camlens.adapters.pytorch.extractor import Explainer
+
+        return Explainer(loaded.model, method, layer)
+
+    def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
+        from camlens.adapters.pytorch.extractor import feature_maps
+
+        return feature_maps(loaded.model, batch, layer)
+
+    def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
+        from camlens.adapters.pytorch.layers import auto_layer, trace
+
+        example = self.to_input(loaded, loaded.preprocessing([_blank(loaded)]))
+        infos = trace(loaded.model, example)
+        return [(i.name, i.kind, i.output_shape) for i in infos], auto_layer(loaded.model, infos)
+
+
+class KerasBackend:
+    """Keras 3 models, on whichever backend ``KERAS_BACKEND`` selects."""
+
+    def to_input(self, loaded: LoadedModel, batch: np.ndarray) -> Any:
+        return batch
+
+    def logits(self, loaded: LoadedModel, batch: Any) -> np.ndarray:
+        from camlens.adapters.keras import routes
+        from camlens.adapters.keras.head import find_head
+        from camlens.core.targets import resolve_targets
+
+        head = find_head(loaded.model, loaded.output)
+        return routes.capture(loaded.model, batch, [], head, lambda z: resolve_targets(None, z), False).logits
+
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any) -> ExplainerFn:
+        from camlens.adapters.keras.extractor import KerasExplainer
+
+        return KerasExplainer(loaded.model, method, layer, output=loaded.output)
+
+    def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
+        from camlens.adapters.keras.extractor import feature_maps
+
+        return feature_maps(loaded.model, batch, layer, output=loaded.output)
+
+    def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
+        from camlens.adapters.keras.extractor import layer_table
+        from camlens.adapters.keras.graph import auto_layer, name_of
+
+        return layer_table(loaded.model), name_of(auto_layer(loaded.model))
+
+
+def backend_for(loaded: LoadedModel) -> Backend:
+    """The backend of a loaded model's framework."""
+    return KerasBackend() if loaded.framework == "keras" else TorchBackend()
+
+
+def is_keras_model(model: object) -> bool:
+    """True for a Keras 3 model, without importing Keras for other objects."""
+    return any(c.__module__.startswith("keras") for c in type(model).__mro__) and hasattr(model, "layers")
+
+
+def _blank(loaded: LoadedModel) -> Any:
+    from PIL import Image
+
+    h, w = loaded.preprocessing.input_size
+    return Image.new("RGB", (w, h))
+
+
+__all__: Sequence[str] = ["Backend", "KerasBackend", "TorchBackend", "backend_for", "is_keras_model"]

@@ -1,0 +1,133 @@
+"""The batched low-level API for Keras 3 models, same results as the PyTorch one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from camlens.adapters.keras import routes
+from camlens.adapters.keras.graph import LayerPath, auto_layer, name_of, output_shape, resolve
+from camlens.adapters.keras.head import Head, find_head
+from camlens.core.compute import compute_maps
+from camlens.core.methods import Method, get_method
+from camlens.core.result import CamResult
+from camlens.core.targets import Targets, resolve_targets
+from camlens.errors import CamlensError, MethodError
+
+KerasLayerSpec = str | Any
+
+
+class KerasExplainer:
+    """CAMs for a Keras model (functional, Sequential, nested), one forward pass per batch.
+
+    Args:
+        model: a built Keras 3 model whose (chosen) output is ``(N, classes)`` scores, with or
+            without a final softmax/sigmoid (pre-activation scores are explained either way).
+        method: a method name, a :class:`~camlens.core.Method`, or a sequence of them.
+        layer: ``"name"``, ``"nested_model/name"``, a layer object, a sequence of those, or
+            ``None`` for the last spatial layer before global pooling.
+        output: which output of a multi-output model to explain (index or layer name).
+
+    Inputs are channels-last batches as the model takes them; maps and activations come back
+    channels-first ``(N, C, h, w)``, like the PyTorch adapter's. The model is never modified.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        method: str | Method | Sequence[str | Method] = "gradcam",
+        layer: KerasLayerSpec | Sequence[KerasLayerSpec] | None = None,
+        output: int | str | None = None,
+    ) -> None:
+        methods = [method] if isinstance(method, (str, Method)) else list(method)
+        self.methods: list[Method] = [get_method(m) if isinstance(m, str) else m for m in methods]
+        if not self.methods:
+            raise MethodError("no method given")
+        specs = [layer] if layer is None or isinstance(layer, str) or not isinstance(layer, Sequence) else list(layer)
+        self.model = model
+        self.head: Head = find_head(model, output)
+        self.paths: list[LayerPath] = [auto_layer(model) if s is None else resolve(model, s) for s in specs]
+        if any(m.needs_class_weights for m in self.methods):
+            self._check_cam_layers()
+
+    def _check_cam_layers(self) -> None:
+        if self.head.dense is None:
+            raise MethodError(
+                "CAM needs a global-average-pooling -> Dense classifier, and this model's output "
+                "does not come from a Dense layer; use --method gradcam, which works for any CNN"
+            )
+        feeding = auto_layer(self.model)
+        others = [p for p in self.paths if p != feeding]
+        if others:
+            raise MethodError(
+                f"CAM applies only to the layer that feeds the classifier ({name_of(feeding)!r}), "
+                f"not {name_of(others[0])!r}; use gradcam for other layers"
+            )
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [name_of(p) for p in self.paths]
+
+    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
+        """Explain ``batch`` (``(N, H, W, C)``, already preprocessed)."""
+        if np.ndim(batch) != 4:
+            raise CamlensError("expected a batch of shape (N, H, W, C)")
+        needs_grads = any(m.needs_gradients for m in self.methods)
+        got = routes.capture(
+            self.model, batch, self.paths, self.head, lambda logits: resolve_targets(targets, logits, top), needs_grads
+        )
+        acts = {name_of(p): _channels_first(a) for p, a in got.activations.items()}
+        grads = None
+        if got.gradients is not None:
+            grads = [{name_of(p): _channels_first(g) for p, g in column.items()} for column in got.gradients]
+        head = None
+        if any(m.needs_class_weights for m in self.methods):
+            name = name_of(self.paths[0])
+            head = (name, self._head_features(acts[name], got.head_input), self.head.class_weights())
+        maps = compute_maps(self.methods, acts, got.targets, grads, head)
+        return CamResult(logits=got.logits, targets=got.targets, maps=maps, activations=acts)
+
+    def _head_features(self, acts: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
+        """The maps whose spatial mean the Dense head receives: ``A`` or ``relu(A)``."""
+        if pooled is not None:
+            pooled = pooled.reshape(pooled.shape[0], -1)
+            for features in (acts, np.maximum(acts, 0)):
+                mean = features.mean(axis=(2, 3))
+                if mean.shape == pooled.shape and np.allclose(mean, pooled, rtol=1e-4, atol=1e-4 * np.abs(pooled).max() + 1e-6):
+                    return features
+        raise MethodError(
+            f"CAM needs a global-average-pooling -> Dense classifier right after layer {self.layer_names[0]!r}, "
+            "and this model has none; use --method gradcam, which works for any CNN"
+        )
+
+    def __enter__(self) -> KerasExplainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.model = None
+
+
+def feature_maps(
+    model: Any, batch: Any, layer: KerasLayerSpec | None = None, output: int | str | None = None
+) -> tuple[str, np.ndarray]:
+    """Activations ``(N, C, h, w)`` of one layer (automatic when None), no gradients."""
+    path = auto_layer(model) if layer is None else resolve(model, layer)
+    head = find_head(model, output if output is not None or len(model.outputs) == 1 else 0)
+    got = routes.capture(model, batch, [path], head, lambda logits: resolve_targets(None, logits), False)
+    return name_of(path), _channels_first(got.activations[path])
+
+
+def layer_table(model: Any) -> list[tuple[str, str, tuple[int | None, ...] | None]]:
+    """``(name, type, output shape)`` of every layer, nested ones included, in graph order."""
+    from camlens.adapters.keras.graph import walk
+
+    return [(name_of(p), type(layer).__name__, output_shape(layer)) for p, layer in walk(model)]
+
+
+def _channels_first(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2)))
+
+
+__all__ = ["KerasExplainer", "feature_maps", "layer_table"]

@@ -1,0 +1,101 @@
+"""The classifier head of a Keras model: which output, which Dense, which activation.
+
+camlens explains pre-activation scores without editing the model: a softmax or sigmoid in the
+output Dense is skipped by computing ``x @ kernel + bias`` in its place during the run, and a
+trailing ``Activation``/``Softmax`` layer is passed through. A single-unit sigmoid head becomes
+the two logits ``[-z/2, z/2]`` of the equivalent softmax (negative, positive class): their
+softmax is exactly ``[1 - sigmoid(z), sigmoid(z)]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from camlens.adapters.keras.graph import LayerPath
+from camlens.errors import ModelError
+
+_PASS_THROUGH = (keras.layers.Activation, keras.layers.Softmax)
+
+
+@dataclass(frozen=True)
+class Head:
+    """How to get pre-activation class scores from one output of a model."""
+
+    output_index: int
+    kind: str  # "logits", "softmax" or "sigmoid"
+    units: int
+    dense_path: LayerPath | None = None
+    dense: Any = None
+    skip_path: LayerPath | None = None
+
+    @property
+    def binary(self) -> bool:
+        return self.kind == "sigmoid" and self.units == 1
+
+    @property
+    def num_classes(self) -> int:
+        return 2 if self.binary else self.units
+
+    def class_weights(self) -> np.ndarray:
+        """``(classes, C)`` weights of the Dense head, matching :meth:`scores`' classes."""
+        w = keras.ops.convert_to_numpy(self.dense.kernel).T.astype(np.float32)
+        return np.concatenate([-w / 2, w / 2]) if self.binary else w
+
+
+def find_head(model: Any, output: int | str | None = None) -> Head:
+    """Locate the head of output ``output`` (index or output layer name; the only one if None).
+
+    Raises:
+        ModelError: unknown output, or a multi-output model without ``output``.
+    """
+    outputs = list(model.outputs)
+    names = [t._keras_history.operation.name for t in outputs]
+    if output is None:
+        if len(outputs) > 1:
+            raise ModelError(f"model has {len(outputs)} outputs ({', '.join(names)}); choose one with output=")
+        index = 0
+    elif isinstance(output, int) and 0 <= output < len(outputs):
+        index = output
+    elif isinstance(output, str) and output in names:
+        index = names.index(output)
+    else:
+        raise ModelError(f"model has no output {output!r}; outputs: {', '.join(names)}")
+    tensor = outputs[index]
+    shape = tuple(tensor.shape)
+    if len(shape) != 2 or shape[1] is None:
+        raise ModelError(f"output {names[index]!r} has shape {shape}; expected (N, classes)")
+    op = tensor._keras_history.operation
+    skip = None
+    kind = "logits"
+    if isinstance(op, _PASS_THROUGH):
+        kind = _kind(getattr(op, "activation", keras.activations.softmax))
+        if kind != "logits":
+            skip = (op.name,)
+            op = op.input._keras_history.operation
+    dense = op if isinstance(op, keras.layers.Dense) else None
+    if dense is not None and skip is None:
+        kind = _kind(dense.activation)
+    return Head(index, kind, int(shape[1]), (dense.name,) if dense is not None else None, dense, skip)
+
+
+def pre_activation(dense: Any, x: Any) -> Any:
+    """``x @ kernel + bias`` of a Dense layer: its output without the activation."""
+    y = keras.ops.matmul(x, dense.kernel)
+    return keras.ops.add(y, dense.bias) if dense.use_bias else y
+
+
+def scores(head: Head, z: Any) -> Any:
+    """Class scores from the head's pre-activation output (two logits for a binary sigmoid)."""
+    return keras.ops.concatenate([-z / 2, z / 2], axis=1) if head.binary else z
+
+
+def _kind(activation: Any) -> str:
+    if activation is keras.activations.softmax or getattr(activation, "__name__", "") == "softmax":
+        return "softmax"
+    if activation is keras.activations.sigmoid or getattr(activation, "__name__", "") == "sigmoid":
+        return "sigmoid"
+    return "logits"

@@ -1,0 +1,78 @@
+"""Keras models: ``keras.applications`` by name, ``.keras``/``.h5`` files, their preprocessing."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from camlens.errors import ModelError
+from camlens.models.preprocess import Preprocessing
+
+
+def load_keras(name: str, weights: Path | None = None) -> tuple[Any, Preprocessing | None]:
+    """A Keras model from ``keras:NAME`` (``keras.applications``) or a saved model file.
+
+    ``keras:NAME`` gets the ImageNet weights (downloaded to ``~/.keras/models`` on first use)
+    unless ``weights`` names a local weights file, and the application's own
+    ``preprocess_input``. A file gets raw 0..255 pixels (see :func:`default_preprocessing`).
+    """
+    import keras
+
+    if name.startswith("keras:"):
+        arch = name.removeprefix("keras:")
+        apps = {n: getattr(keras.applications, n) for n in dir(keras.applications) if n[:1].isupper()}
+        if arch not in apps:
+            close = difflib.get_close_matches(arch, list(apps), n=5, cutoff=0.5)
+            hint = f"; did you mean {', '.join('keras:' + c for c in close)}?" if close else ""
+            raise ModelError(f"unknown keras.applications model {arch!r}{hint}")
+        try:
+            model = apps[arch](weights=str(weights) if weights is not None else "imagenet")
+        except OSError as exc:  # urllib's URLError is an OSError
+            raise ModelError(
+                f"cannot get ImageNet weights for keras:{arch} ({exc.__class__.__name__}): they download on first "
+                "use into ~/.keras/models; connect once, or pass --weights FILE (a .weights.h5 file)"
+            ) from exc
+        except ValueError as exc:
+            raise ModelError(f"{weights}: weights do not fit keras:{arch} ({str(exc).splitlines()[0][:200]})") from exc
+        return model, _application_preprocessing(arch, model)
+    path = Path(name)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"{path}: cannot load Keras model ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    if weights is not None:
+        model.load_weights(weights)
+    return model, None
+
+
+def default_preprocessing(model: Any) -> Preprocessing:
+    """Raw 0..255 RGB pixels, channels-last, at the model's input size (224x224 if flexible):
+    what a Keras model with its own ``Rescaling``/``Normalization`` layers expects."""
+    shape = tuple(model.input_shape)
+    h, w = (shape[1] or 224, shape[2] or 224) if len(shape) == 4 else (224, 224)
+    channels = shape[3] if len(shape) == 4 and shape[3] in (1, 3) else 3
+    return Preprocessing(
+        mean=(0.0,) * channels,
+        std=(1 / 255,) * channels,
+        input_size=(int(h), int(w)),
+        interpolation="bilinear",
+        channels=int(channels),
+        layout="NHWC",
+    )
+
+
+def _application_preprocessing(arch: str, model: Any) -> Preprocessing:
+    import importlib
+
+    import keras
+
+    base = default_preprocessing(model)
+    for module_name in dir(keras.applications):
+        module = getattr(keras.applications, module_name)
+        if getattr(module, arch, None) is not None and hasattr(module, "preprocess_input"):
+            function = f"{importlib.import_module(module.__name__).__name__}.preprocess_input"
+            return Preprocessing(base.mean, base.std, base.input_size, "bilinear", base.channels, "NHWC", function)
+    return base
