@@ -109,7 +109,6 @@ def _tensorflow(model, batch, paths, head, choose, with_gradients) -> Captured: 
         for score in column_scores:
             values = tape.gradient(score, [captured[p] for p in paths])
             grads.append({p: _numpy(g) for p, g in zip(paths, values, strict=True)})
-    del tape
     return Captured(logits_np, {p: _numpy(a) for p, a in captured.items()}, targets, grads, _last(head_inputs))
 
 
