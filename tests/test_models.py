@@ -139,3 +139,10 @@ def test_grayscale_preprocessing() -> None:
     nhwc = Preprocessing(input_size=(4, 4), layout="NHWC", function="numpy.negative")([Image.new("RGB", (9, 9), (255, 0, 0))])
     assert nhwc.shape == (1, 4, 4, 3)
     np.testing.assert_allclose(nhwc[0, 0, 0], [-255.0, 0.0, 0.0])
+
+
+def test_imagenet_names_match_timms_own_reader() -> None:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    assert imagenet().names == tuple(info.index_to_description(i) for i in range(1000))

@@ -24,11 +24,17 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, or a checkpoint file.")
+    str,
+    typer.Option(
+        "--model", "-m", help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, keras:NAME, or a model file."
+    ),
 ]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the named architecture.")]
 LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels file: one class name per line, or JSON.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+OutputOpt = Annotated[
+    str | None, typer.Option("--output", help="Multi-output Keras model: the output to explain (index or name).")
+]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 
 
@@ -36,11 +42,14 @@ def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
-def _lens(model: str, weights: Path | None, labels: Path | None, device: str):  # type: ignore[no-untyped-def]
+def _lens(  # type: ignore[no-untyped-def]
+    model: str, weights: Path | None, labels: Path | None, device: str, output: str | None = None
+):
     from camlens.explain import Lens
 
+    chosen: int | str | None = int(output) if output is not None and output.isdigit() else output
     with err_console.status(f"loading {model}..."):
-        return Lens(model, weights=weights, labels=labels, device=device)
+        return Lens(model, weights=weights, labels=labels, device=device, output=chosen)
 
 
 def _inputs(paths: list[Path], recursive: bool) -> tuple[list[Path], Path | None]:
@@ -86,6 +95,7 @@ def explain(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     device: DeviceOpt = "auto",
+    output: OutputOpt = None,
 ) -> None:
     """Explain images: predictions, then a heatmap overlay per method, layer and target."""
     from camlens import runner
@@ -93,7 +103,7 @@ def explain(
     if image_format.lower() not in {"png", "jpg", "jpeg"}:
         raise CamlensError(f"unknown output format {image_format!r}; use png or jpg")
     files, root = _inputs(inputs, recursive)
-    lens = _lens(model, weights, labels, device)
+    lens = _lens(model, weights, labels, device, output)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
     with Progress(
         TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -233,6 +243,7 @@ def demo(
         [out / "samples"], method=["cam,gradcam,gradcam++"], layer=None, target=None, panel=True, out=out,
         overwrite=overwrite, device=device, model="efficientnet_lite0", weights=None, labels=None, top=5,
         colormap="jet", alpha=0.5, save_raw=False, image_format="png", recursive=False, batch_size=len(images),
+        output=None,
     )
 
 

@@ -28,13 +28,16 @@ def load_keras(name: str, weights: Path | None = None) -> tuple[Any, Preprocessi
             raise ModelError(f"unknown keras.applications model {arch!r}{hint}")
         try:
             model = apps[arch](weights=str(weights) if weights is not None else "imagenet")
-        except OSError as exc:  # urllib's URLError is an OSError
-            raise ModelError(
-                f"cannot get ImageNet weights for keras:{arch} ({exc.__class__.__name__}): they download on first "
-                "use into ~/.keras/models; connect once, or pass --weights FILE (a .weights.h5 file)"
-            ) from exc
         except ValueError as exc:
             raise ModelError(f"{weights}: weights do not fit keras:{arch} ({str(exc).splitlines()[0][:200]})") from exc
+        except Exception as exc:
+            # keras.utils.get_file turns a failed download into a bare Exception("URL fetch failure ...")
+            if not isinstance(exc, OSError) and "URL fetch failure" not in str(exc):
+                raise
+            raise ModelError(
+                f"cannot get ImageNet weights for keras:{arch}: they download on first use into "
+                "~/.keras/models; connect once, or pass --weights FILE (a .weights.h5 file)"
+            ) from exc
         return model, _application_preprocessing(arch, model)
     path = Path(name)
     if not path.is_file():
@@ -65,14 +68,13 @@ def default_preprocessing(model: Any) -> Preprocessing:
 
 
 def _application_preprocessing(arch: str, model: Any) -> Preprocessing:
-    import importlib
-
+    """The model's input size and its ``keras.applications`` module's ``preprocess_input``."""
     import keras
 
     base = default_preprocessing(model)
     for module_name in dir(keras.applications):
         module = getattr(keras.applications, module_name)
         if getattr(module, arch, None) is not None and hasattr(module, "preprocess_input"):
-            function = f"{importlib.import_module(module.__name__).__name__}.preprocess_input"
+            function = f"{module.__name__}.preprocess_input"
             return Preprocessing(base.mean, base.std, base.input_size, "bilinear", base.channels, "NHWC", function)
     return base

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import difflib
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,11 +67,18 @@ class Labels:
 
 @cache
 def imagenet() -> Labels:
-    """The 1000 ImageNet-1k class descriptions, in the standard class-index order."""
-    from timm.data import ImageNetInfo
+    """The 1000 ImageNet-1k class descriptions, in the standard class-index order.
 
-    info = ImageNetInfo()
-    return Labels(tuple(info.index_to_description(i) for i in range(info.num_classes())))
+    Read from the data files timm ships (``timm/data/_info``), located without importing timm:
+    importing it pulls in torchvision, which must not be loaded after TensorFlow in one process.
+    """
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise CamlensError("ImageNet class names come with timm; pip install timm")
+    info = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
+    synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").split()
+    lemmas = dict(csv.reader((info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines(), delimiter="\t"))
+    return Labels(tuple(lemmas[s] for s in synsets))
 
 
 def generic(count: int) -> Labels:
