@@ -8,6 +8,7 @@ and turns a capture into raw maps at layer resolution. Adding a method is one cl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -60,6 +61,18 @@ def get_method(name: str) -> Method:
     if key not in aliases:
         raise MethodError(f"unknown method {name!r}; choose from {', '.join(_REGISTRY)}")
     return _REGISTRY[aliases[key]]()
+
+
+def methods_from(spec: str | Method | Sequence[str | Method]) -> list[Method]:
+    """Methods from a name, an instance, or a sequence of those.
+
+    Raises:
+        MethodError: an unknown name, or an empty sequence.
+    """
+    items = [spec] if isinstance(spec, (str, Method)) else list(spec)
+    if not items:
+        raise MethodError("no method given")
+    return [get_method(m) if isinstance(m, str) else m for m in items]
 
 
 def _require(array: np.ndarray | None, what: str, method: str) -> np.ndarray:

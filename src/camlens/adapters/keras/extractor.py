@@ -11,10 +11,11 @@ from camlens.adapters.keras import routes
 from camlens.adapters.keras.graph import LayerPath, auto_layer, name_of, output_shape, resolve
 from camlens.adapters.keras.head import Head, find_head
 from camlens.core.compute import compute_maps
-from camlens.core.methods import Method, get_method
+from camlens.core.head import check_cam_layers, no_head, pooled_features
+from camlens.core.methods import Method, methods_from
 from camlens.core.result import CamResult
 from camlens.core.targets import Targets, resolve_targets
-from camlens.errors import CamlensError, MethodError
+from camlens.errors import CamlensError
 
 KerasLayerSpec = str | Any
 
@@ -41,10 +42,7 @@ class KerasExplainer:
         layer: KerasLayerSpec | Sequence[KerasLayerSpec] | None = None,
         output: int | str | None = None,
     ) -> None:
-        methods = [method] if isinstance(method, (str, Method)) else list(method)
-        self.methods: list[Method] = [get_method(m) if isinstance(m, str) else m for m in methods]
-        if not self.methods:
-            raise MethodError("no method given")
+        self.methods: list[Method] = methods_from(method)
         specs = [layer] if layer is None or isinstance(layer, str) or not isinstance(layer, Sequence) else list(layer)
         self.model = model
         self.head: Head = find_head(model, output)
@@ -53,18 +51,10 @@ class KerasExplainer:
             self._check_cam_layers()
 
     def _check_cam_layers(self) -> None:
+        feeding = name_of(auto_layer(self.model))
         if self.head.dense is None:
-            raise MethodError(
-                "CAM needs a global-average-pooling -> Dense classifier, and this model's output "
-                "does not come from a Dense layer; use --method gradcam, which works for any CNN"
-            )
-        feeding = auto_layer(self.model)
-        others = [p for p in self.paths if p != feeding]
-        if others:
-            raise MethodError(
-                f"CAM applies only to the layer that feeds the classifier ({name_of(feeding)!r}), "
-                f"not {name_of(others[0])!r}; use gradcam for other layers"
-            )
+            raise no_head(feeding, "the output does not come from a Dense layer")
+        check_cam_layers(feeding, self.layer_names)
 
     @property
     def layer_names(self) -> list[str]:
@@ -85,22 +75,9 @@ class KerasExplainer:
         head = None
         if any(m.needs_class_weights for m in self.methods):
             name = name_of(self.paths[0])
-            head = (name, self._head_features(acts[name], got.head_input), self.head.class_weights())
+            head = (name, pooled_features(acts[name], got.head_input, name), self.head.class_weights())
         maps = compute_maps(self.methods, acts, got.targets, grads, head)
         return CamResult(logits=got.logits, targets=got.targets, maps=maps, activations=acts)
-
-    def _head_features(self, acts: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
-        """The maps whose spatial mean the Dense head receives: ``A`` or ``relu(A)``."""
-        if pooled is not None:
-            pooled = pooled.reshape(pooled.shape[0], -1)
-            for features in (acts, np.maximum(acts, 0)):
-                mean = features.mean(axis=(2, 3))
-                if mean.shape == pooled.shape and np.allclose(mean, pooled, rtol=1e-4, atol=1e-4 * np.abs(pooled).max() + 1e-6):
-                    return features
-        raise MethodError(
-            f"CAM needs a global-average-pooling -> Dense classifier right after layer {self.layer_names[0]!r}, "
-            "and this model has none; use --method gradcam, which works for any CNN"
-        )
 
     def __enter__(self) -> KerasExplainer:
         return self

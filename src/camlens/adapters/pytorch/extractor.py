@@ -10,13 +10,14 @@ import torch
 from torch import nn
 
 from camlens.adapters.pytorch import capture as cap
-from camlens.adapters.pytorch.head import LinearHead, find_linear_head, verify_head
+from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
 from camlens.core.compute import compute_maps
-from camlens.core.methods import Method, get_method
+from camlens.core.head import check_cam_layers, pooled_features
+from camlens.core.methods import Method, methods_from
 from camlens.core.result import CamResult
 from camlens.core.targets import Targets, resolve_targets
-from camlens.errors import CamlensError, MethodError
+from camlens.errors import CamlensError
 
 
 class Explainer:
@@ -40,10 +41,7 @@ class Explainer:
         method: str | Method | Sequence[str | Method] = "gradcam",
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
     ) -> None:
-        methods = [method] if isinstance(method, (str, Method)) else list(method)
-        self.methods: list[Method] = [get_method(m) if isinstance(m, str) else m for m in methods]
-        if not self.methods:
-            raise MethodError("no method given")
+        self.methods: list[Method] = methods_from(method)
         specs: list[LayerSpec | None] = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else [*layer]
         self._model: nn.Module | None = model
         self._specs: list[LayerSpec | None] = specs
@@ -83,12 +81,7 @@ class Explainer:
             classes = next(i.output_shape for i in reversed(traced) if i.output_shape)[-1]
             head_layer = auto_layer(model, traced)
             self._head = find_linear_head(model, head_layer, traced, classes)
-            others = [n for n in layers if n != head_layer]
-            if others:
-                raise MethodError(
-                    f"CAM applies only to the layer that feeds the classifier ({head_layer!r}), "
-                    f"not {others[0]!r}; use gradcam for other layers"
-                )
+            check_cam_layers(head_layer, list(layers))
         self._layers = layers
         return layers
 
@@ -122,8 +115,8 @@ class Explainer:
         acts = {name: _numpy(a) for name, a in fwd.activations.items()}
         head = None
         if self._head is not None:
-            self._head = verify_head(self._head, fwd.activations[self._head.layer].detach(), fwd.head_input)  # type: ignore[arg-type]
-            features = _numpy(self._head.features(fwd.activations[self._head.layer]))
+            pooled = _numpy(fwd.head_input) if fwd.head_input is not None else None
+            features = pooled_features(acts[self._head.layer], pooled, self._head.layer)
             head = (self._head.layer, features, _numpy(self._head.linear.weight))
         grads_np = [{n: _numpy(g) for n, g in column.items()} for column in grads] if grads else None
         maps = compute_maps(self.methods, acts, targets_np, grads_np, head)
