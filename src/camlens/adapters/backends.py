@@ -6,7 +6,7 @@ provides one. Frameworks are imported only when a model of theirs is used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -121,4 +121,4 @@ def _blank(loaded: LoadedModel) -> Any:
     return Image.new("RGB", (w, h))
 
 
-__all__: Sequence[str] = ["Backend", "KerasBackend", "TorchBackend", "backend_for", "is_keras_model"]
+__all__ = ["Backend", "KerasBackend", "TorchBackend", "backend_for", "is_keras_model"]
