@@ -29,6 +29,13 @@ def check_colormap(name: str) -> str:
     raise CamlensError(f"unknown colormap {name!r}{hint}")
 
 
+def check_alpha(alpha: float) -> float:
+    """Return ``alpha`` if it is an opacity in [0, 1]; otherwise raise."""
+    if not 0.0 <= alpha <= 1.0:
+        raise CamlensError(f"alpha must be between 0 and 1, not {alpha}")
+    return alpha
+
+
 def colorize(heatmap: np.ndarray, colormap: str = "jet") -> Image.Image:
     """RGB image of a ``(H, W)`` map in [0, 1] through a matplotlib colormap."""
     cmap = matplotlib.colormaps[check_colormap(colormap)]
@@ -39,8 +46,7 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> Image.Image:
 def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
     """Blend a colormapped ``heatmap`` (same size as ``image``, values in [0, 1]) over the
     image: ``(1 - alpha) * image + alpha * colour``."""
-    if not 0.0 <= alpha <= 1.0:
-        raise CamlensError(f"alpha must be between 0 and 1, not {alpha}")
+    check_alpha(alpha)
     if heatmap.shape != (image.height, image.width):
         raise CamlensError(f"heatmap {heatmap.shape} does not match image {(image.height, image.width)}")
     return Image.blend(image.convert("RGB"), colorize(heatmap, colormap), alpha)

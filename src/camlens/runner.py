@@ -72,8 +72,7 @@ def run(
     run goes on. Errors that concern every file (unknown method, layer, class) raise at once.
     """
     render.check_colormap(options.colormap)
-    if not 0.0 <= options.alpha <= 1.0:
-        raise CamlensError(f"alpha must be between 0 and 1, not {options.alpha}")
+    render.check_alpha(options.alpha)
     if batch_size < 1:
         raise CamlensError("batch size must be at least 1")
     lens.parse_targets(target)
