@@ -175,7 +175,9 @@ def features(
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Argument(help="Model name (torchvision, timm:NAME, keras:NAME) or a model file.")] = "efficientnet_lite0",
+    model: Annotated[
+        str, typer.Argument(help="Model name (torchvision, timm:NAME, keras:NAME) or a model file.")
+    ] = "efficientnet_lite0",
     weights: WeightsOpt = None,
     show_all: Annotated[bool, typer.Option("--all", help="List every module, not only spatial ones.")] = False,
     device: DeviceOpt = "cpu",
