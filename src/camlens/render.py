@@ -1,9 +1,10 @@
-"""Turning maps into pictures: colormapped heatmaps, overlays, panels, feature-map grids."""
+"""Turning maps into pictures: colormapped heatmaps, overlays, panels, feature-map grids, boxes."""
 
 from __future__ import annotations
 
 import difflib
 import math
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -11,6 +12,9 @@ from PIL import Image
 
 from camlens.core.maps import normalize
 from camlens.errors import CamlensError
+
+if TYPE_CHECKING:
+    from camlens.evaluation.boxes import Box
 
 matplotlib.use("Agg")
 
@@ -103,3 +107,16 @@ def _figure_to_image(fig: object) -> Image.Image:
     canvas = FigureCanvasAgg(fig)  # type: ignore[arg-type]
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def draw_boxes(image: Image.Image, boxes: list[Box], colour: tuple[int, int, int], width: int = 0) -> Image.Image:
+    """A copy of ``image`` with box outlines (pixel-edge coordinates) drawn in ``colour``; the
+    line width defaults to about 1/150 of the image's larger side."""
+    from PIL import ImageDraw
+
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    line = width or max(1, round(max(image.size) / 150))
+    for b in boxes:
+        draw.rectangle([b.xmin, b.ymin, b.xmax - 1, b.ymax - 1], outline=colour, width=line)
+    return out

@@ -1,4 +1,7 @@
-"""``camlens`` commands: explain, features, layers, classes, demo."""
+"""``camlens`` commands: explain, features, layers, classes, demo; the entry point.
+
+Training and data commands live in :mod:`camlens.cli.training`, localization and evaluation in
+:mod:`camlens.cli.evaluation`."""
 
 from __future__ import annotations
 
@@ -8,65 +11,24 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from camlens.errors import CamlensError, ImageError
-
-app = typer.Typer(
-    help="See where an image classifier looks: CAM, Grad-CAM and Grad-CAM++ heatmaps.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from camlens.cli.common import (
+    DeviceOpt,
+    LabelsOpt,
+    ModelOpt,
+    OutputOpt,
+    OverwriteOpt,
+    WeightsOpt,
+    app,
+    err_console,
+    expand_inputs,
+    open_lens,
+    out_console,
+    split,
 )
-out_console = Console()
-err_console = Console(stderr=True)
-
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model", "-m", help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, keras:NAME, or a model file."
-    ),
-]
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the named architecture.")]
-LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels file: one class name per line, or JSON.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
-OutputOpt = Annotated[
-    str | None, typer.Option("--output", help="Multi-output Keras model: the output to explain (index or name).")
-]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
-
-
-def _split(values: list[str] | None) -> list[str]:
-    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
-
-
-def _lens(  # type: ignore[no-untyped-def]
-    model: str, weights: Path | None, labels: Path | None, device: str, output: str | None = None
-):
-    from camlens.explain import Lens
-
-    chosen: int | str | None = int(output) if output is not None and output.isdigit() else output
-    with err_console.status(f"loading {model}..."):
-        return Lens(model, weights=weights, labels=labels, device=device, output=chosen)
-
-
-def _inputs(paths: list[Path], recursive: bool) -> tuple[list[Path], Path | None]:
-    """Expand folders into their image files; a single folder becomes the naming root."""
-    from camlens.imageio import find_images
-
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            found = find_images(p, recursive)
-            if not found:
-                raise CamlensError(f"{p}: no image files (jpg, png, webp, bmp, tif, gif) in this folder")
-            files.extend(found)
-        else:
-            files.append(p)
-    root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
-    return files, root
+from camlens.errors import CamlensError, ImageError
 
 
 @app.command()
@@ -102,8 +64,8 @@ def explain(
 
     if image_format.lower() not in {"png", "jpg", "jpeg"}:
         raise CamlensError(f"unknown output format {image_format!r}; use png or jpg")
-    files, root = _inputs(inputs, recursive)
-    lens = _lens(model, weights, labels, device, output)
+    files, root = expand_inputs(inputs, recursive)
+    lens = open_lens(model, weights, labels, device, output)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
     with Progress(
         TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -111,7 +73,7 @@ def explain(
     ) as bar:
         task = bar.add_task("explain", total=len(files))
         report = runner.run(
-            lens, files, out, methods=_split(method), layers=_split(layer), target=target or None, top=top,
+            lens, files, out, methods=split(method), layers=split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n),
         )
     _print_predictions(report.images, top)
@@ -164,8 +126,8 @@ def features(
 
     render.check_colormap(colormap)
     picture = read_image(image)
-    lens = _lens(model, weights, labels, device)
-    specs: list[str | None] = [*_split(layer)] or [None]
+    lens = open_lens(model, weights, labels, device)
+    specs: list[str | None] = [*split(layer)] or [None]
     for spec in specs:
         name, acts = lens.features(picture, spec)
         grid = render.feature_grid(acts, channels, colormap, title=f"{image.name} @ {name} ({acts.shape[0]} channels)")
@@ -183,7 +145,7 @@ def layers(
     device: DeviceOpt = "cpu",
 ) -> None:
     """List candidate target layers with their output shapes; mark the automatic choice."""
-    lens = _lens(model, weights, None, device)
+    lens = open_lens(model, weights, None, device)
     rows, chosen = lens.backend.layers(lens.loaded)
     h, w = lens.loaded.preprocessing.input_size
     table = Table(title=f"{model}: layers in forward order (input {h}x{w})")
@@ -217,7 +179,7 @@ def classes(
     if labels:
         names = from_file(labels)
     elif Path(model).is_file():  # a checkpoint carries its own labels
-        names = _lens(model, None, None, "cpu").labels
+        names = open_lens(model, None, None, "cpu").labels
     else:  # every named model camlens loads is an ImageNet-1k classifier
         names = imagenet()
     hits = names.search(word)
@@ -247,6 +209,9 @@ def demo(
         colormap="jet", alpha=0.5, save_raw=False, image_format="png", recursive=False, batch_size=len(images),
         output=None,
     )
+
+
+from camlens.cli import evaluation, training  # noqa: E402,F401  (register their commands after these)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from camlens.errors import ModelError
+from camlens.imageio import write_atomic
 from camlens.models.labels import Labels
 from camlens.models.preprocess import Preprocessing
 
@@ -17,25 +18,26 @@ FORMAT = "camlens-checkpoint"
 
 
 def save_checkpoint(
-    path: str | Path, arch: str, model: nn.Module, labels: Labels, preprocessing: Preprocessing
-) -> None:
-    """Write a checkpoint that :func:`camlens.models.load_model` loads directly.
+    path: str | Path, arch: str, model: nn.Module, labels: Labels, preprocessing: Preprocessing, *, overwrite: bool = False
+) -> Path:
+    """Write, atomically, a checkpoint that :func:`camlens.models.load_model` loads directly.
 
-    ``arch`` is a name :func:`~camlens.models.load_model` knows (``"resnet18"``,
-    ``"timm:resnet18"``, ``"efficientnet_lite0"``).
+    ``arch`` is a name :func:`camlens.models.registry.architecture` knows (``"resnet18"``,
+    ``"timm:resnet18"``, ``"efficientnet_lite0"``, ``"small_cnn"``).
+
+    Raises:
+        CamlensError: ``path`` exists and ``overwrite`` is False, or the write failed.
     """
-    torch.save(
-        {
-            "format": FORMAT,
-            "version": 1,
-            "arch": arch,
-            "num_classes": len(labels),
-            "labels": list(labels.names),
-            "preprocessing": preprocessing.to_dict(),
-            "state_dict": model.state_dict(),
-        },
-        Path(path),
-    )
+    data = {
+        "format": FORMAT,
+        "version": 1,
+        "arch": arch,
+        "num_classes": len(labels),
+        "labels": list(labels.names),
+        "preprocessing": preprocessing.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    return write_atomic(Path(path), lambda fh: torch.save(data, fh), overwrite)
 
 
 def read(path: Path) -> Any:

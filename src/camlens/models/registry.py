@@ -16,6 +16,7 @@ from camlens.models import checkpoint
 from camlens.models import labels as labels_mod
 from camlens.models.labels import Labels
 from camlens.models.preprocess import Preprocessing
+from camlens.models.small_cnn import SMALL_CNN, SmallCNN
 
 DEFAULT_MODEL = "efficientnet_lite0"
 _KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
@@ -143,6 +144,25 @@ def model_names() -> list[str]:
     return [DEFAULT_MODEL, *_torchvision_names()]
 
 
+def build_named(name: str) -> tuple[nn.Module, Preprocessing]:
+    """A named model (bundled, torchvision, ``timm:NAME``) with its pretrained weights, in
+    training mode as built, and its preprocessing.
+
+    Raises:
+        ModelError: unknown name, or weights not available offline.
+    """
+    return _builder(name)(None)
+
+
+def preprocessing_of(arch: str, model: nn.Module) -> Preprocessing:
+    """The input config of a named architecture (no download needed)."""
+    if arch in _BUNDLED_NAMES or arch.startswith("timm:"):
+        return _timm_preprocessing(model)
+    if arch == SMALL_CNN:
+        return Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=(64, 64), interpolation="bilinear")
+    return _torchvision_preprocessing(arch)
+
+
 def _builder(name: str) -> Callable[[Path | None], tuple[nn.Module, Preprocessing]]:
     if name in _BUNDLED_NAMES:
         return _bundled
@@ -220,9 +240,7 @@ def _torchvision(name: str, weights: Path | None) -> tuple[nn.Module, Preprocess
     import torchvision.models as tvm
 
     default = tvm.get_model_weights(name).DEFAULT
-    t = default.transforms()
-    crop = t.crop_size[0]
-    prep = Preprocessing(tuple(t.mean), tuple(t.std), (crop, crop), t.interpolation.value)
+    prep = _torchvision_preprocessing(name)
     if weights is not None:
         state = checkpoint.state_dict_of(checkpoint.read(weights), weights)
         model = tvm.get_model(name, weights=None, num_classes=_classes_in(state))
@@ -235,6 +253,14 @@ def _torchvision(name: str, weights: Path | None) -> tuple[nn.Module, Preprocess
     return model, prep
 
 
+def _torchvision_preprocessing(name: str) -> Preprocessing:
+    import torchvision.models as tvm
+
+    t = tvm.get_model_weights(name).DEFAULT.transforms()
+    crop = t.crop_size[0]
+    return Preprocessing(tuple(t.mean), tuple(t.std), (crop, crop), t.interpolation.value)
+
+
 def _from_file(path: Path) -> tuple[nn.Module, Preprocessing, list[str] | None]:
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
@@ -244,14 +270,17 @@ def _from_file(path: Path) -> tuple[nn.Module, Preprocessing, list[str] | None]:
     if isinstance(data, dict) and data.get("format") == checkpoint.FORMAT:
         arch = str(data["arch"])
         state = checkpoint.state_dict_of(data, path)
-        model = _architecture(arch, int(data["num_classes"]))
+        model = architecture(arch, int(data["num_classes"]))
         _load_into(model, state, path)
         return model, Preprocessing.from_dict(data.get("preprocessing", {})), list(data["labels"])
     raise ModelError(f"{path}: holds weights but no architecture; pass --model ARCH --weights {path}")
 
 
-def _architecture(arch: str, num_classes: int) -> nn.Module:
-    """An untrained model of a named architecture with ``num_classes`` outputs."""
+def architecture(arch: str, num_classes: int) -> nn.Module:
+    """An untrained model of a named architecture (bundled, torchvision, ``timm:NAME``,
+    ``small_cnn``) with ``num_classes`` outputs."""
+    if arch == SMALL_CNN:
+        return SmallCNN(num_classes)
     if arch in _BUNDLED_NAMES or arch.startswith("timm:"):
         import timm
 
@@ -260,7 +289,7 @@ def _architecture(arch: str, num_classes: int) -> nn.Module:
         import torchvision.models as tvm
 
         return tvm.get_model(arch, weights=None, num_classes=num_classes)
-    raise ModelError(f"checkpoint names unknown architecture {arch!r}")
+    raise ModelError(f"unknown architecture {arch!r} (small_cnn, efficientnet_lite0, a torchvision name or timm:NAME)")
 
 
 def _classes_in(state: dict[str, torch.Tensor]) -> int:

@@ -1,0 +1,68 @@
+"""What every command shares: the Typer app, consoles, common options, model and input helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from camlens.errors import CamlensError
+
+app = typer.Typer(
+    help=(
+        "See where an image classifier looks: CAM, Grad-CAM and Grad-CAM++ heatmaps; "
+        "train CAM-ready classifiers, box objects, score methods."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, keras:NAME, or a model file."
+    ),
+]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the named architecture.")]
+LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels file: one class name per line, or JSON.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+OutputOpt = Annotated[
+    str | None, typer.Option("--output", help="Multi-output Keras model: the output to explain (index or name).")
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+
+def split(values: list[str] | None) -> list[str]:
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def open_lens(  # type: ignore[no-untyped-def]
+    model: str, weights: Path | None, labels: Path | None, device: str, output: str | None = None
+):
+    from camlens.explain import Lens
+
+    chosen: int | str | None = int(output) if output is not None and output.isdigit() else output
+    with err_console.status(f"loading {model}..."):
+        return Lens(model, weights=weights, labels=labels, device=device, output=chosen)
+
+
+def expand_inputs(paths: list[Path], recursive: bool) -> tuple[list[Path], Path | None]:
+    """Expand folders into their image files; a single folder becomes the naming root."""
+    from camlens.imageio import find_images
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = find_images(p, recursive)
+            if not found:
+                raise CamlensError(f"{p}: no image files (jpg, png, webp, bmp, tif, gif) in this folder")
+            files.extend(found)
+        else:
+            files.append(p)
+    root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
+    return files, root

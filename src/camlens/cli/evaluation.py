@@ -1,0 +1,224 @@
+"""``camlens localize`` (boxes from maps) and ``camlens evaluate`` (how good each method's maps are)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from camlens.cli.common import (
+    DeviceOpt,
+    LabelsOpt,
+    ModelOpt,
+    OverwriteOpt,
+    WeightsOpt,
+    app,
+    err_console,
+    expand_inputs,
+    open_lens,
+    out_console,
+    split,
+)
+from camlens.errors import CamlensError
+
+MethodOpt = Annotated[list[str], typer.Option("--method", help="cam, gradcam, gradcam++ (comma-separated or repeated).")]
+LayerOpt = Annotated[str | None, typer.Option("--layer", help="Target layer; default: the last spatial layer.")]
+BoxesOpt = Annotated[Path | None, typer.Option("--boxes", help="True boxes: Pascal VOC XML file/folder, COCO JSON, or CSV.")]
+BoxFormatOpt = Annotated[str, typer.Option("--boxes-format", help="auto, voc, coco or csv.")]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", help="Box the map where it is above this fraction of its range.")]
+
+
+def _progress(total: int, label: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True, disable=total < 2)
+
+
+def _report_problems(problems: list[str], what: str) -> None:
+    if problems:
+        err_console.print(f"[red]{len(problems)} {what}:[/red]")
+        for line in problems:
+            err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def localize(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
+    model: ModelOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    labels: LabelsOpt = None,
+    method: MethodOpt = ["gradcam"],  # noqa: B006
+    layer: LayerOpt = None,
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Class: index, name, or top-K.")] = None,
+    threshold: ThresholdOpt = 0.2,
+    all_regions: Annotated[bool, typer.Option("--all-regions", help="Box every region, not only the largest.")] = False,
+    min_area: Annotated[float, typer.Option("--min-area", help="With --all-regions: least area (image fraction).")] = 0.0,
+    boxes: BoxesOpt = None,
+    boxes_format: BoxFormatOpt = "auto",
+    colormap: Annotated[str, typer.Option("--colormap", help="Any matplotlib colormap.")] = "jet",
+    alpha: Annotated[float, typer.Option("--alpha", help="Heatmap opacity, 0..1.")] = 0.5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/localize"),
+    overwrite: OverwriteOpt = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Box objects from maps: drawn on the image and written as JSON.
+
+    A box goes around the largest region above --threshold of the map's range (CAM paper: 0.2),
+    or around every region with --all-regions; red on the overlay, true boxes (--boxes) green.
+    """
+    from camlens import render
+    from camlens.evaluation.boxes import best_iou, boxes_from_map
+    from camlens.imageio import read_image, save_image, unique_stems, write_atomic
+
+    if not 0.0 <= threshold <= 1.0 or not 0.0 <= min_area <= 1.0:
+        raise CamlensError("--threshold and --min-area must be between 0 and 1")
+    render.check_colormap(colormap)
+    render.check_alpha(alpha)
+    files, root = expand_inputs(inputs, recursive)
+    truth = _annotations(boxes, boxes_format)
+    lens = open_lens(model, weights, labels, device)
+    methods = split(method)
+    lens.explainer(methods, layer)
+    lens.parse_targets(target or None)
+    summary_path = out / "localize.json"
+    if summary_path.exists() and not overwrite:
+        raise CamlensError(f"{summary_path}: exists; pass --overwrite to replace it")
+    stems = dict(zip(files, unique_stems(files, root), strict=True))
+    records: list[dict[str, object]] = []
+    problems: list[str] = []
+    with _progress(len(files), "localizing") as bar:
+        task = bar.add_task("localize", total=len(files))
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            pictures = []
+            for path in chunk:
+                try:
+                    pictures.append((path, read_image(path)))
+                except CamlensError as exc:
+                    problems.append(str(exc))
+            explained = lens.explain([p for _, p in pictures], methods, layer, target or None) if pictures else []
+            for (path, picture), exps in zip(pictures, explained, strict=True):
+                true_boxes = truth.for_image(path, root) if truth is not None else None
+                record: dict[str, object] = {"source": str(path), "size": [picture.width, picture.height],
+                                             "true_boxes": [b.to_dict() for b in true_boxes or []], "maps": []}
+                planned = []
+                for exp in exps:
+                    found = boxes_from_map(exp.heatmap, threshold, largest=not all_regions, min_area=min_area)
+                    name = f"{stems[path]}_{exp.method}_{exp.target.index}_boxes.png"
+                    drawn = render.draw_boxes(exp.overlay(colormap, alpha), true_boxes or [], (0, 220, 0))
+                    planned.append((out / name, render.draw_boxes(drawn, found, (255, 0, 0))))
+                    entry: dict[str, object] = {"method": exp.method, "layer": exp.layer, "target": exp.target.to_dict(),
+                                                "boxes": [b.to_dict() for b in found], "output": str(out / name)}
+                    if true_boxes:
+                        entry["iou"] = round(best_iou(found[:1], true_boxes), 4)
+                    record["maps"].append(entry)  # type: ignore[attr-defined]
+                taken = [p for p, _ in planned if p.exists()]
+                if taken and not overwrite:
+                    problems.append(f"{path}: output {taken[0]} exists; pass --overwrite to replace it")
+                    continue
+                for dest, image in planned:
+                    save_image(image, dest, overwrite)
+                records.append(record)
+            bar.advance(task, len(chunk))
+    data = json.dumps({"model": lens.loaded.name, "threshold": threshold, "largest_only": not all_regions,
+                       "min_area": min_area, "images": records, "failed": problems}, indent=2).encode()
+    write_atomic(summary_path, lambda fh: fh.write(data), overwrite)
+    out_console.print(f"boxed {len(records)} images; wrote {out}/ (summary: {summary_path})", soft_wrap=True)
+    _report_problems(problems + (truth.errors if truth is not None else []), "inputs or annotations not used")
+    if problems or (truth is not None and truth.errors):
+        raise typer.Exit(1)
+
+
+def _annotations(source: Path | None, fmt: str):  # type: ignore[no-untyped-def]
+    from camlens.evaluation.annotations import read_annotations
+
+    return read_annotations(source, fmt) if source is not None else None
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Image folder: a sub-folder per class, or images whose boxes name the class.")],
+    boxes: BoxesOpt = None,
+    boxes_format: BoxFormatOpt = "auto",
+    model: ModelOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    labels: LabelsOpt = None,
+    method: MethodOpt = ["cam,gradcam,gradcam++"],  # noqa: B006
+    layer: LayerOpt = None,
+    threshold: ThresholdOpt = 0.2,
+    iou: Annotated[float, typer.Option("--iou", help="IoU that counts a box as correct (Top-1/GT-known Loc).")] = 0.5,
+    maxbox_step: Annotated[float, typer.Option("--maxbox-step", help="Map-threshold spacing for MaxBoxAccV2.")] = 0.01,
+    pointing_tolerance: Annotated[float, typer.Option("--pointing-tolerance", help="Pointing-game slack in pixels.")] = 15.0,
+    steps: Annotated[int | None, typer.Option("--steps", help="Deletion/insertion steps; default: input height (RISE).")] = None,
+    deletion_baseline: Annotated[str, typer.Option("--deletion-baseline", help="zero or blur.")] = "zero",
+    insertion_baseline: Annotated[str, typer.Option("--insertion-baseline", help="blur or zero.")] = "blur",
+    localization: Annotated[bool, typer.Option("--localization/--no-localization", help="Box scores (needs --boxes).")] = True,
+    faithfulness: Annotated[bool, typer.Option("--faithfulness/--no-faithfulness", help="Drop, increase, deletion.")] = True,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N images.")] = None,
+    examples: Annotated[int, typer.Option("--examples", help="Images shown in the report.")] = 6,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 16,
+    title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/evaluate"),
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Score methods on a labelled dataset: localization and faithfulness, in one table.
+
+    Top-1 and GT-known Loc, MaxBoxAccV2, pointing game (with --boxes); Average Drop, Increase in
+    Confidence, Deletion and Insertion AUC. Writes metrics.csv, metrics.json, per_image.csv,
+    curves.png, examples.png and report.md to --out.
+    """
+    from camlens.evaluation import report
+    from camlens.evaluation.localization import LocalizationProtocol
+    from camlens.evaluation.run import FaithfulnessProtocol, dataset
+    from camlens.evaluation.run import evaluate as run_evaluation
+
+    if localization and boxes is None:
+        localization = False
+    if not (localization or faithfulness):
+        raise CamlensError("nothing to measure: give --boxes for localization, or keep --faithfulness")
+    for name in ("deletion", "insertion"):
+        if (deletion_baseline if name == "deletion" else insertion_baseline) not in ("zero", "blur"):
+            raise CamlensError(f"--{name}-baseline must be zero or blur")
+    if not (0.0 <= threshold <= 1.0 and 0.0 < iou <= 1.0 and 0.0 < maxbox_step < 1.0 and pointing_tolerance >= 0):
+        raise CamlensError("--threshold in [0, 1], --iou in (0, 1], --maxbox-step in (0, 1), --pointing-tolerance >= 0")
+    if steps is not None and steps < 1:
+        raise CamlensError("--steps must be at least 1")
+    report.check_free(out, overwrite)
+    truth = _annotations(boxes, boxes_format)
+    lens = open_lens(model, weights, labels, device)
+    items, problems = dataset(data, lens, truth, limit)
+    loc = LocalizationProtocol(threshold, iou, maxbox_step=maxbox_step, pointing_tolerance=pointing_tolerance)
+    faith = FaithfulnessProtocol(steps, deletion_baseline, insertion_baseline) if faithfulness else None
+    rows = io.StringIO()
+    with _progress(len(items), "evaluating") as bar:
+        task = bar.add_task("evaluate", total=len(items))
+        result = run_evaluation(
+            lens, items, split(method), layer, localization=loc if localization else None, faithful=faith,
+            batch_size=batch_size, examples=examples, per_image=rows, progress=lambda n: bar.advance(task, n),
+        )
+    result.failed = problems + result.failed + (truth.errors if truth is not None else [])
+    written = report.write(result, out, rows.getvalue(), title=title or f"{lens.loaded.name} on {data}", overwrite=overwrite)
+    table = Table(box=box.SIMPLE_HEAD, title=f"{result.images} images, accuracy {result.accuracy:.1f}%, layer {result.layer}")
+    head, *body = report.table_rows(result, short=True)
+    for h in head:
+        table.add_column(h, justify="left" if h == "method" else "right", no_wrap=True)
+    for r in body:
+        table.add_row(*r)
+    out_console.print(table)
+    out_console.print(
+        f"Top1, GTLoc: Top-1 / GT-known Loc (CAM-paper box, IoU >= {iou:g}); MaxBox: MaxBoxAccV2; Point: pointing game; "
+        "Drop, Incr: Average Drop / Increase in Confidence; Del, Ins: deletion / insertion AUC. "
+        "Lower is better for Drop and Del, higher for the rest.", soft_wrap=True, highlight=False,
+    )
+    out_console.print(f"wrote {len(written)} files to {out}/ (report: {out / 'report.md'})", soft_wrap=True)
+    _report_problems(result.failed, "images or annotations not evaluated")
+    if result.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Datasets: image folders with classes, named torchvision datasets, the digits-canvas benchmark."""

@@ -1,0 +1,1 @@
+"""Localization and faithfulness evaluation of CAMs."""

@@ -1,0 +1,1 @@
+"""Training CAM-ready classifiers (a backbone, global average pooling, one linear layer)."""
