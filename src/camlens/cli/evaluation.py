@@ -206,7 +206,8 @@ def evaluate(
         )
     result.failed = problems + result.failed + (truth.errors if truth is not None else [])
     written = report.write(result, out, rows.getvalue(), title=title or f"{lens.loaded.name} on {data}", overwrite=overwrite)
-    table = Table(box=box.SIMPLE_HEAD, title=f"{result.images} images, accuracy {result.accuracy:.1f}%, layer {result.layer}")
+    caption = f"{result.images} images, accuracy {report.accuracy_text(result)}, layer {result.layer}"
+    table = Table(box=box.SIMPLE_HEAD, title=caption)
     head, *body = report.table_rows(result, short=True)
     for h in head:
         table.add_column(h, justify="left" if h == "method" else "right", no_wrap=True)

@@ -43,12 +43,13 @@ class CanvasSpec:
 
 
 def render(digit: np.ndarray, rng: np.random.Generator, spec: CanvasSpec) -> tuple[Image.Image, Box]:
-    """Draw one ``(8, 8)`` digit (values 0..16) on a cluttered canvas; return it and the digit's box.
+    """Draw one ``(8, 8)`` digit (values 0..16) on a cluttered canvas; return it and the digit's box."""
+    return place(background(rng, spec), digit, rng, spec)
 
-    The background is a random dark colour with smooth noise; clutter is random strokes and
-    rings no longer than half the smallest digit; the digit is bicubic-upscaled to a random size
-    and blended in a random bright colour at a random position fully inside the canvas.
-    """
+
+def background(rng: np.random.Generator, spec: CanvasSpec) -> Image.Image:
+    """A random dark colour with smooth noise, and clutter: random strokes and rings no longer
+    than half the smallest digit."""
     s = spec.size
     base = rng.uniform(0, 90, size=3)
     noise = np.asarray(
@@ -68,17 +69,25 @@ def render(digit: np.ndarray, rng: np.random.Generator, spec: CanvasSpec) -> tup
         else:
             r = rng.uniform(2, reach / 2)
             draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=int(rng.integers(1, 3)))
+    return img
+
+
+def place(canvas: Image.Image, digit: np.ndarray, rng: np.random.Generator, spec: CanvasSpec) -> tuple[Image.Image, Box]:
+    """Blend the digit, bicubic-upscaled to a random size, in a random bright colour at a random
+    position fully inside the canvas; its box bounds the pixels with at least :data:`INK` ink."""
     side = int(rng.integers(spec.digit_min, spec.digit_max + 1))
     ink = np.asarray(
         Image.fromarray((digit / 16.0 * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC),
         dtype=np.float32,
     ) / 255.0
-    x0, y0 = (int(v) for v in rng.integers(0, s - side + 1, size=2))
+    x0, y0 = (int(v) for v in rng.integers(0, spec.size - side + 1, size=2))
     tint = rng.uniform(170, 255, size=3)
-    pixels = np.asarray(img, dtype=np.float32)
+    pixels = np.asarray(canvas, dtype=np.float32).copy()
     patch = pixels[y0 : y0 + side, x0 : x0 + side]
     pixels[y0 : y0 + side, x0 : x0 + side] = patch * (1 - ink[..., None]) + tint * ink[..., None]
     ys, xs = np.nonzero(ink >= INK)
+    if not len(xs):
+        raise ValueError("the digit has no ink")
     box = Box(float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1))
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)), box
 

@@ -89,6 +89,10 @@ def table_rows(result: EvalResult, short: bool = False) -> list[list[str]]:
     return rows
 
 
+def accuracy_text(result: EvalResult) -> str:
+    return "-" if result.accuracy is None else f"{result.accuracy:.1f}%"
+
+
 def _fmt(key: str, value: float | None) -> str:
     if value is None or math.isnan(value):
         return "-"
@@ -172,7 +176,7 @@ def markdown_report(result: EvalResult, title: str, pictures: list[tuple[str, st
     rows = table_rows(result)
     head = rows[0]
     lines = [f"# {title}", "",
-             f"{result.images} images, classification accuracy {result.accuracy:.1f}%, "
+             f"{result.images} images, classification accuracy {accuracy_text(result)}, "
              f"{result.localized} with boxes; layer `{result.layer}`.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]

@@ -107,12 +107,13 @@ class _MethodScores:
 
 @dataclass
 class EvalResult:
-    """Per-method summaries, mean deletion/insertion curves, examples, and what failed."""
+    """Per-method summaries, mean deletion/insertion curves, examples, and what failed;
+    ``accuracy`` is the top-1 accuracy in % over the images with a known class (None if none)."""
 
     methods: list[str]
     layer: str
     images: int
-    accuracy: float
+    accuracy: float | None
     localized: int
     scores: dict[str, dict[str, float]]
     fractions: np.ndarray | None
@@ -215,7 +216,7 @@ def evaluate(
     position = {id(item): k for k, item in enumerate(items)}
     kept: dict[int, Example] = {}
     failed: list[str] = []
-    seen = correct = localized = 0
+    seen = correct = labelled = localized = 0
     fractions: np.ndarray | None = None
     layer_name = ""
 
@@ -242,23 +243,28 @@ def evaluate(
             pred = result.targets[:, 1]
             seen += len(loaded)
             correct += sum(int(t == p) for t, p in zip(truth, pred, strict=True) if t is not None)
+            labelled += sum(t is not None for t in truth)
             rows: dict[tuple[int, str], list[object]] = {}
             for m in methods:
                 maps = result.maps[m]
                 layer_name = next(iter(maps))
                 raw = maps[layer_name]
-                found: dict[int, Box | None] = {}
                 for i, (item, img) in enumerate(loaded):
                     rows[i, m] = ["", "", "", "", ""]
-                    if localization is None or item.label is None or not item.boxes:
+                    scored = localization is not None and item.label is not None and bool(item.boxes)
+                    shown = position[id(item)] in chosen
+                    if not (scored or shown):
                         continue
                     heat = normalize(upsample(raw[i, 0], (img.height, img.width)))
-                    outcome = localize(heat, item.boxes_on(img), localization)
-                    scores[m].localization.update(outcome, bool(pred[i] == item.label))
-                    rows[i, m][:2] = [f"{outcome.iou:.4f}", int(outcome.pointing_hit)]
-                    found[i] = outcome.box
-                    if position[id(item)] in chosen:
-                        _keep(kept, position[id(item)], item, img, lens, int(pred[i]), m, heat, outcome.box)
+                    box = None
+                    if scored:
+                        assert localization is not None
+                        outcome = localize(heat, item.boxes_on(img), localization)
+                        scores[m].localization.update(outcome, bool(pred[i] == item.label))
+                        rows[i, m][:2] = [f"{outcome.iou:.4f}", int(outcome.pointing_hit)]
+                        box = outcome.box
+                    if shown:
+                        _keep(kept, position[id(item)], item, img, lens, int(pred[i]), m, heat, box)
                 if faithful is not None:
                     fractions = _faithfulness(predict, x, raw[:, 1], pred, prep.layout, faithful, scores[m], rows, m)
             for i, (item, _) in enumerate(loaded):
@@ -271,12 +277,11 @@ def evaluate(
         progress(len(chunk))
     if not seen:
         raise CamlensError("no image could be read")
-    labelled = sum(1 for it in items if it.label is not None)
     return EvalResult(
         methods=list(methods),
         layer=layer_name,
         images=seen,
-        accuracy=100.0 * correct / max(labelled, 1),
+        accuracy=100.0 * correct / labelled if labelled else None,
         localized=localized,
         scores={m: s.summary() for m, s in scores.items()},
         fractions=fractions,

@@ -105,13 +105,15 @@ def train(
     skipped and listed.
 
     Raises:
-        CamlensError: ``out`` exists (without ``overwrite``/``resume``), too few images, or a
-            resume state that does not match this run.
+        CamlensError: ``out`` or ``out.last`` exists (without ``overwrite``/``resume``), too few
+            images, or a resume state that does not match this run.
     """
     dest = Path(out)
     last = state_path(dest)
     if dest.exists() and not (overwrite or resume):
         raise CamlensError(f"{dest}: exists; pass --overwrite to replace it")
+    if last.exists() and not (overwrite or resume):
+        raise CamlensError(f"{last}: holds an unfinished run; pass --resume to continue it or --overwrite to start over")
     if resume:
         if not last.is_file():
             raise CamlensError(f"{last}: no training state to resume from")
