@@ -150,8 +150,10 @@ def test_backbone_without_gap_head_is_refused() -> None:
 
     with pytest.raises(ModelError, match="not global average pooling"):
         build("vgg11", 3, pretrained=False, input_size=32)
-    model, prep = build("resnet18", 3, pretrained=False, input_size=32)
-    assert model.fc.out_features == 3 and prep.input_size == (32, 32)
+    with pytest.raises(ModelError, match="1x1, too small for CAM"):
+        build("resnet18", 3, pretrained=False, input_size=32)
+    model, prep = build("resnet18", 3, pretrained=False, input_size=64)
+    assert model.fc.out_features == 3 and prep.input_size == (64, 64) and model.training
 
 
 def test_stratified_split_is_seeded_and_keeps_every_class() -> None:

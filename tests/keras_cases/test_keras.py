@@ -255,3 +255,40 @@ def test_cli_with_a_keras_file(tmp_path) -> None:  # type: ignore[no-untyped-def
     assert len(explained) == 6 and {e["layer"] for e in explained} == {"conv2"}
     layers = subprocess.run([str(exe), "layers", str(tmp_path / "mine.keras")], capture_output=True, text=True, timeout=600)
     assert layers.returncode == 0 and "conv2" in layers.stdout and "<- default" in layers.stdout, layers.stderr[-2000:]
+
+
+def test_evaluation_matches_the_pytorch_twin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """camlens evaluate's scores for a Keras model equal those of the same network in PyTorch."""
+    from dataclasses import replace
+
+    from camlens.evaluation.annotations import read_annotations
+    from camlens.evaluation.run import FaithfulnessProtocol, dataset, evaluate
+    from camlens.explain import Lens
+    from camlens.models import Preprocessing
+    from camlens.samples import sample_image
+
+    names = ["ant", "bee", "cat", "dog"]
+    rows = ["image,label,xmin,ymin,xmax,ymax"]
+    for k, photo in enumerate(["chelsea", "coffee", "rocket", "astronaut"]):
+        (tmp_path / "data" / names[k]).mkdir(parents=True)
+        sample_image(photo).resize((24, 24)).save(tmp_path / "data" / names[k] / f"{photo}.png")
+        rows.append(f"{names[k]}/{photo}.png,{names[k]},4,5,18,20")
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
+    model = small_cnn("softmax")
+    prep = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(12, 12), interpolation="bilinear")
+    scores = {}
+    for framework, lens in [
+        ("keras", Lens(model, labels=tmp_path / "labels.txt", preprocessing=replace(prep, layout="NHWC"))),
+        ("torch", Lens(_torch_twin(model), labels=tmp_path / "labels.txt", preprocessing=prep)),
+    ]:
+        items, problems = dataset(tmp_path / "data", lens, read_annotations(tmp_path / "boxes.csv"))
+        assert problems == [] and len(items) == 4
+        result = evaluate(lens, items, METHODS, faithful=FaithfulnessProtocol(steps=6), batch_size=3)
+        assert result.images == 4 and result.localized == 4
+        scores[framework] = result.scores
+    for method in METHODS:
+        k, t = scores["keras"][method], scores["torch"][method]
+        assert k.keys() == t.keys()
+        for key in k:
+            assert k[key] == pytest.approx(t[key], abs=1e-3), (method, key)

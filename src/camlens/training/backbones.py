@@ -62,20 +62,31 @@ def _replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
 
 
 def check_gap_head(model: nn.Module, arch: str, prep: Preprocessing) -> None:
-    """Run CAM once on a blank input: raises when the model's classifier is not GAP -> linear."""
+    """Run CAM once on a blank input of the training size: raises when the model's classifier is
+    not GAP -> linear, or when at that size its last feature maps have a single position."""
     from camlens.adapters.pytorch.extractor import Explainer
     from camlens.errors import MethodError
 
-    h, w = prep.input_size
+    def cam_runs(h: int, w: int) -> bool:
+        try:
+            with Explainer(model, "cam") as cam:
+                cam(torch.zeros(1, 3, h, w), 0)
+        except MethodError:
+            return False
+        return True
+
     was_training = model.training
     model.eval()
     try:
-        with Explainer(model, "cam") as cam:
-            cam(torch.zeros(1, 3, h, w), 0)
-    except MethodError as exc:
+        h, w = prep.input_size
+        if cam_runs(h, w):
+            return
+        if max(h, w) < 224 and cam_runs(224, 224):
+            raise ModelError(f"{arch}: at {h}x{w} input its last feature maps are 1x1, too small for CAM; "
+                             "use a larger --input-size")
         raise ModelError(
             f"{arch}: its classifier is not global average pooling -> linear, so CAM cannot explain it "
             "(choose e.g. small_cnn, efficientnet_lite0, resnet18, mobilenet_v3_small, densenet121)"
-        ) from exc
+        )
     finally:
         model.train(was_training)
