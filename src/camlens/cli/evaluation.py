@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -123,8 +123,15 @@ def localize(
                 if taken and not overwrite:
                     problems.append(f"{path}: output {taken[0]} exists; pass --overwrite to replace it")
                     continue
-                for dest, image in planned:
-                    save_image(image, dest, overwrite)
+                done: list[Path] = []
+                try:
+                    for dest, image in planned:
+                        done.append(save_image(image, dest, overwrite))
+                except CamlensError as exc:
+                    for p in done:  # all of an image's files, or none
+                        p.unlink(missing_ok=True)
+                    problems.append(f"{path}: {exc}")
+                    continue
                 records.append(record)
             bar.advance(task, len(chunk))
     data = json.dumps({"model": lens.loaded.name, "threshold": threshold, "largest_only": not all_regions,
@@ -197,15 +204,16 @@ def evaluate(
     items, problems = dataset(data, lens, truth, limit)
     loc = LocalizationProtocol(threshold, iou, maxbox_step=maxbox_step, pointing_tolerance=pointing_tolerance)
     faith = FaithfulnessProtocol(steps, deletion_baseline, insertion_baseline) if faithfulness else None
-    rows = io.StringIO()
-    with _progress(len(items), "evaluating") as bar:
+    with tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="") as rows, _progress(
+        len(items), "evaluating"
+    ) as bar:
         task = bar.add_task("evaluate", total=len(items))
         result = run_evaluation(
             lens, items, split(method), layer, localization=loc if localization else None, faithful=faith,
             batch_size=batch_size, examples=examples, per_image=rows, progress=lambda n: bar.advance(task, n),
         )
-    result.failed = problems + result.failed + (truth.errors if truth is not None else [])
-    written = report.write(result, out, rows.getvalue(), title=title or f"{lens.loaded.name} on {data}", overwrite=overwrite)
+        result.failed = problems + result.failed + (truth.errors if truth is not None else [])
+        written = report.write(result, out, rows, title=title or f"{lens.loaded.name} on {data}", overwrite=overwrite)
     caption = f"{result.images} images, accuracy {report.accuracy_text(result)}, layer {result.layer}"
     table = Table(box=box.SIMPLE_HEAD, title=caption)
     head, *body = report.table_rows(result, short=True)

@@ -7,6 +7,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import IO, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -58,22 +59,34 @@ def check_free(out: Path, overwrite: bool) -> None:
         raise CamlensError(f"{taken[0]}: exists; pass --overwrite to replace it (or choose another --out)")
 
 
-def write(result: EvalResult, out: Path, per_image: str, *, title: str, overwrite: bool) -> list[Path]:
-    """Write every file of :data:`FILES` into ``out``; ``per_image`` is the per-image CSV text."""
-    written = [
-        write_atomic(out / "metrics.csv", lambda fh: fh.write(_metrics_csv(result).encode()), overwrite),
-        write_atomic(out / "metrics.json", lambda fh: fh.write(json.dumps(_metrics_json(result), indent=2).encode()), overwrite),
-        write_atomic(out / "per_image.csv", lambda fh: fh.write(per_image.encode()), overwrite),
-    ]
-    pictures = []
-    if result.curves and result.fractions is not None:
-        written.append(save_image(curves_figure(result), out / "curves.png", overwrite))
-        pictures.append(("Deletion and insertion curves (mean over images)", "curves.png"))
-    if result.examples:
-        written.append(save_image(examples_figure(result), out / "examples.png", overwrite))
-        pictures.append(("Examples: true boxes green, boxes from the maps red", "examples.png"))
-    markdown = markdown_report(result, title, pictures)
-    written.append(write_atomic(out / "report.md", lambda fh: fh.write(markdown.encode()), overwrite))
+def write(result: EvalResult, out: Path, per_image: IO[str], *, title: str, overwrite: bool) -> list[Path]:
+    """Write every file of :data:`FILES` into ``out``, each atomically; ``per_image`` holds the
+    per-image CSV rows (a temporary file, copied from its start)."""
+
+    def copy_rows(fh: BinaryIO) -> None:
+        per_image.seek(0)
+        while chunk := per_image.read(1 << 20):
+            fh.write(chunk.encode())
+
+    written: list[Path] = []
+    try:
+        written.append(write_atomic(out / "metrics.csv", lambda fh: fh.write(_metrics_csv(result).encode()), overwrite))
+        data = json.dumps(_metrics_json(result), indent=2).encode()
+        written.append(write_atomic(out / "metrics.json", lambda fh: fh.write(data), overwrite))
+        written.append(write_atomic(out / "per_image.csv", copy_rows, overwrite))
+        pictures = []
+        if result.curves and result.fractions is not None:
+            written.append(save_image(curves_figure(result), out / "curves.png", overwrite))
+            pictures.append(("Deletion and insertion curves (mean over images)", "curves.png"))
+        if result.examples:
+            written.append(save_image(examples_figure(result), out / "examples.png", overwrite))
+            pictures.append(("Examples: true boxes green, boxes from the maps red", "examples.png"))
+        markdown = markdown_report(result, title, pictures).encode()
+        written.append(write_atomic(out / "report.md", lambda fh: fh.write(markdown), overwrite))
+    except CamlensError:
+        for path in written:  # all files or none
+            path.unlink(missing_ok=True)
+        raise
     return written
 
 
