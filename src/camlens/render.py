@@ -73,7 +73,7 @@ def panel(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _figure_to_image(fig)
+    return figure_to_image(fig)
 
 
 def feature_grid(activations: np.ndarray, count: int = 16, colormap: str = "viridis", title: str = "") -> Image.Image:
@@ -98,10 +98,11 @@ def feature_grid(activations: np.ndarray, count: int = 16, colormap: str = "viri
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _figure_to_image(fig)
+    return figure_to_image(fig)
 
 
-def _figure_to_image(fig: object) -> Image.Image:
+def figure_to_image(fig: object) -> Image.Image:
+    """Render a matplotlib figure (drawn off-screen, Agg) to an RGB image."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)  # type: ignore[arg-type]

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from camlens.cli.common import (
@@ -23,9 +22,11 @@ from camlens.cli.common import (
     WeightsOpt,
     app,
     err_console,
+    exit_if_failed,
     expand_inputs,
     open_lens,
     out_console,
+    progress_bar,
     split,
 )
 from camlens.errors import CamlensError, ImageError
@@ -67,10 +68,7 @@ def explain(
     files, root = expand_inputs(inputs, recursive)
     lens = open_lens(model, weights, labels, device, output)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
-    with Progress(
-        TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=len(files) < 2,
-    ) as bar:
+    with progress_bar(len(files), "explaining") as bar:
         task = bar.add_task("explain", total=len(files))
         report = runner.run(
             lens, files, out, methods=split(method), layers=split(layer), target=target or None, top=top,
@@ -79,11 +77,7 @@ def explain(
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
     out_console.print(f"wrote {written} files to {out}/ (summary: {report.summary})", soft_wrap=True)
-    if report.failed:
-        err_console.print(f"[red]{len(report.failed)} of {len(report.images)} images failed:[/red]")
-        for r in report.failed:
-            err_console.print(f"  {r.error}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1)
+    exit_if_failed([str(r.error) for r in report.failed], f"{len(report.failed)} of {len(report.images)} images failed")
 
 
 def _print_predictions(images, top: int) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from camlens.errors import CamlensError
 
@@ -66,3 +67,18 @@ def expand_inputs(paths: list[Path], recursive: bool) -> tuple[list[Path], Path 
             files.append(p)
     root = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
     return files, root
+
+
+def progress_bar(total: int, label: str) -> Progress:
+    """A transient count-and-time progress bar on stderr (hidden for a single item)."""
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True, disable=total < 2)
+
+
+def exit_if_failed(lines: list[str], header: str) -> None:
+    """List what failed under ``header`` on stderr and exit 1; do nothing when nothing failed."""
+    if lines:
+        err_console.print(f"[red]{header}:[/red]")
+        for line in lines:
+            err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1)

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from camlens.cli.common import (
@@ -19,10 +18,11 @@ from camlens.cli.common import (
     OverwriteOpt,
     WeightsOpt,
     app,
-    err_console,
+    exit_if_failed,
     expand_inputs,
     open_lens,
     out_console,
+    progress_bar,
     split,
 )
 from camlens.errors import CamlensError
@@ -32,18 +32,6 @@ LayerOpt = Annotated[str | None, typer.Option("--layer", help="Target layer; def
 BoxesOpt = Annotated[Path | None, typer.Option("--boxes", help="True boxes: Pascal VOC XML file/folder, COCO JSON, or CSV.")]
 BoxFormatOpt = Annotated[str, typer.Option("--boxes-format", help="auto, voc, coco or csv.")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", help="Box the map where it is above this fraction of its range.")]
-
-
-def _progress(total: int, label: str) -> Progress:
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True, disable=total < 2)
-
-
-def _report_problems(problems: list[str], what: str) -> None:
-    if problems:
-        err_console.print(f"[red]{len(problems)} {what}:[/red]")
-        for line in problems:
-            err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -93,7 +81,7 @@ def localize(
     stems = dict(zip(files, unique_stems(files, root), strict=True))
     records: list[dict[str, object]] = []
     problems: list[str] = []
-    with _progress(len(files), "localizing") as bar:
+    with progress_bar(len(files), "localizing") as bar:
         task = bar.add_task("localize", total=len(files))
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
@@ -138,9 +126,8 @@ def localize(
                        "min_area": min_area, "images": records, "failed": problems}, indent=2).encode()
     write_atomic(summary_path, lambda fh: fh.write(data), overwrite)
     out_console.print(f"boxed {len(records)} images; wrote {out}/ (summary: {summary_path})", soft_wrap=True)
-    _report_problems(problems + (truth.errors if truth is not None else []), "inputs or annotations not used")
-    if problems or (truth is not None and truth.errors):
-        raise typer.Exit(1)
+    unused = problems + (truth.errors if truth is not None else [])
+    exit_if_failed(unused, f"{len(unused)} inputs or annotation records not used")
 
 
 def _annotations(source: Path | None, fmt: str):  # type: ignore[no-untyped-def]
@@ -204,7 +191,7 @@ def evaluate(
     items, problems = dataset(data, lens, truth, limit)
     loc = LocalizationProtocol(threshold, iou, maxbox_step=maxbox_step, pointing_tolerance=pointing_tolerance)
     faith = FaithfulnessProtocol(steps, deletion_baseline, insertion_baseline) if faithfulness else None
-    with tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="") as rows, _progress(
+    with tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="") as rows, progress_bar(
         len(items), "evaluating"
     ) as bar:
         task = bar.add_task("evaluate", total=len(items))
@@ -228,6 +215,4 @@ def evaluate(
         "Lower is better for Drop and Del, higher for the rest.", soft_wrap=True, highlight=False,
     )
     out_console.print(f"wrote {len(written)} files to {out}/ (report: {out / 'report.md'})", soft_wrap=True)
-    _report_problems(result.failed, "images or annotations not evaluated")
-    if result.failed:
-        raise typer.Exit(1)
+    exit_if_failed(result.failed, f"{len(result.failed)} images or annotation records not evaluated")

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from camlens.cli.common import DeviceOpt, OverwriteOpt, app, err_console, out_console
+from camlens.cli.common import DeviceOpt, OverwriteOpt, app, err_console, exit_if_failed, out_console
 
 DATASET_CACHE = Path.home() / ".cache" / "camlens" / "datasets"
 data_app = typer.Typer(help="Make datasets: the digits-canvas localization benchmark.", no_args_is_help=True)
@@ -113,8 +113,4 @@ def train(
         f"(resume state: {state_path(result.checkpoint)})\nexplain with: camlens explain IMAGES --model {result.checkpoint} "
         "--method cam", soft_wrap=True, highlight=False,
     )
-    if result.skipped:
-        err_console.print(f"[red]{len(result.skipped)} unreadable images were skipped:[/red]")
-        for line in result.skipped:
-            err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1)
+    exit_if_failed(result.skipped, f"{len(result.skipped)} unreadable images were skipped")

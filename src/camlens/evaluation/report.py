@@ -155,7 +155,7 @@ def curves_figure(result: EvalResult) -> Image.Image:
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return render._figure_to_image(fig)
+    return render.figure_to_image(fig)
 
 
 def examples_figure(result: EvalResult) -> Image.Image:
@@ -181,7 +181,7 @@ def examples_figure(result: EvalResult) -> Image.Image:
                 ax.imshow(views[c][0])
                 ax.set_title(views[c][1], fontsize=8)
     fig.tight_layout()
-    return render._figure_to_image(fig)
+    return render.figure_to_image(fig)
 
 
 def markdown_report(result: EvalResult, title: str, pictures: list[tuple[str, str]]) -> str:
