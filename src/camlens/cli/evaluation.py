@@ -67,6 +67,8 @@ def localize(
 
     if not 0.0 <= threshold <= 1.0 or not 0.0 <= min_area <= 1.0:
         raise CamlensError("--threshold and --min-area must be between 0 and 1")
+    if batch_size < 1:
+        raise CamlensError("batch size must be at least 1")
     render.check_colormap(colormap)
     render.check_alpha(alpha)
     files, root = expand_inputs(inputs, recursive)
@@ -105,7 +107,7 @@ def localize(
                     entry: dict[str, object] = {"method": exp.method, "layer": exp.layer, "target": exp.target.to_dict(),
                                                 "boxes": [b.to_dict() for b in found], "output": str(out / name)}
                     if true_boxes:
-                        entry["iou"] = round(best_iou(found[:1], true_boxes), 4)
+                        entry["iou"] = round(best_iou(found, true_boxes), 4)  # the best box counts (Choe et al.)
                     record["maps"].append(entry)  # type: ignore[attr-defined]
                 taken = [p for p, _ in planned if p.exists()]
                 if taken and not overwrite:
