@@ -69,7 +69,6 @@ class Example:
     """A few images kept for the report: maps at image size and boxes per method."""
 
     image: Image.Image
-    source: str
     truth: str
     predicted: str
     boxes: list[Box]
@@ -121,7 +120,6 @@ class EvalResult:
     examples: list[Example]
     protocol: dict[str, Any]
     failed: list[str] = field(default_factory=list)
-    per_image: Path | None = None
 
 
 def dataset(
@@ -307,7 +305,7 @@ def _keep(kept: dict[int, Example], k: int, item: Item, img: Image.Image, lens: 
           heat: np.ndarray, box: Box | None) -> None:
     if k not in kept:
         truth = lens.labels[item.label] if item.label is not None else "?"
-        kept[k] = Example(img, str(item.path), truth, lens.labels[pred], item.boxes_on(img), {}, {})
+        kept[k] = Example(img, truth, lens.labels[pred], item.boxes_on(img), {}, {})
     kept[k].heatmaps[method] = heat
     kept[k].found[method] = box
 
