@@ -80,9 +80,16 @@ def boxes_from_map(
     """
     if heatmap.ndim != 2:
         raise ValueError(f"expected an (H, W) map, got shape {heatmap.shape}")
+    return boxes_above(normalize(np.asarray(heatmap, dtype=np.float64)), threshold, largest=largest, min_area=min_area)
+
+
+def boxes_above(
+    scaled: np.ndarray, threshold: float, *, largest: bool = True, min_area: float = 0.0
+) -> list[Box]:
+    """:func:`boxes_from_map` for a map already min-max normalised (so that scoring many
+    thresholds of one map normalises it once)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    scaled = normalize(np.asarray(heatmap, dtype=np.float64))
     if not scaled.any():
         return []
     labels, count = ndimage.label(scaled >= threshold, structure=np.ones((3, 3), dtype=bool))
@@ -91,7 +98,7 @@ def boxes_from_map(
     if largest:
         order = order[:1]
     else:
-        order = order[sizes[order] >= min_area * heatmap.size]
+        order = order[sizes[order] >= min_area * scaled.size]
     slices = ndimage.find_objects(labels)
     boxes = []
     for k in order:

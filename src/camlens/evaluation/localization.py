@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from camlens.evaluation.boxes import CAM_PAPER_THRESHOLD, Box, best_iou, boxes_from_map
+from camlens.core.maps import normalize
+from camlens.evaluation.boxes import CAM_PAPER_THRESHOLD, Box, best_iou, boxes_above
 
 MAXBOXACC_IOUS = (0.3, 0.5, 0.7)
 """IoU thresholds of MaxBoxAccV2 (Choe et al., "Evaluating Weakly Supervised Object Localization
@@ -69,13 +70,14 @@ def localize(heatmap: np.ndarray, truth: list[Box], protocol: LocalizationProtoc
     - pointing game: whether the map's maximum (the first one in row-major order) lies within
       ``pointing_tolerance`` pixels of a true box.
     """
-    boxes = boxes_from_map(heatmap, protocol.threshold, largest=True)
+    scaled = normalize(heatmap)  # once, not once per threshold
+    boxes = boxes_above(scaled, protocol.threshold, largest=True)
     best = best_iou(boxes, truth)
     ious = np.asarray(protocol.maxbox_ious)
     thresholds = protocol.map_thresholds
     hits = np.zeros((len(thresholds), len(ious)), dtype=bool)
     for t, thr in enumerate(thresholds):
-        hits[t] = best_iou(boxes_from_map(heatmap, float(thr), largest=False), truth) >= ious
+        hits[t] = best_iou(boxes_above(scaled, float(thr), largest=False), truth) >= ious
     y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     hit = any(b.contains(float(x), float(y), protocol.pointing_tolerance) for b in truth)
     return ImageLocalization(boxes[0] if boxes else None, best, hit, hits)
