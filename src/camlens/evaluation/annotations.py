@@ -223,7 +223,8 @@ def _read_voc_file(path: Path, builder: _Builder) -> None:
         raise CamlensError(f"{path}: not readable VOC XML: {exc}") from exc
     if root.tag != "annotation":
         raise CamlensError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    key = (root.findtext("filename") or "").strip().replace("\\", "/") or path.stem
+    filename = root.findtext("filename")
+    key = _key(filename) if filename and filename.strip() else path.stem
     builder.add_image(key)
     size = root.find("size")
     if size is not None:
