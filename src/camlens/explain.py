@@ -101,6 +101,8 @@ class Lens:
             Keras 3 model (then give ``labels`` and ``preprocessing`` if they are not the
             defaults of :func:`camlens.models.wrap_model`; the model is used as it is).
         output: for a multi-output Keras model, the output to explain (index or name).
+        trust_pickle: allow ``model`` to name a whole pickled ``nn.Module`` file, which runs
+            any code the file holds (see :func:`camlens.models.load_model`).
     """
 
     def __init__(
@@ -112,9 +114,10 @@ class Lens:
         preprocessing: Preprocessing | None = None,
         device: str | torch.device = "auto",
         output: int | str | None = None,
+        trust_pickle: bool = False,
     ) -> None:
         if isinstance(model, str):
-            model = load_model(model, weights=weights, labels=labels, device=device, output=output)
+            model = load_model(model, weights=weights, labels=labels, device=device, output=output, trust_pickle=trust_pickle)
         elif not isinstance(model, LoadedModel):
             model = wrap_model(model, labels=labels, preprocessing=preprocessing, output=output)
         self.loaded: LoadedModel = model

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import BinaryIO
 
 import numpy as np
@@ -14,6 +16,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from camlens.errors import CamlensError, ImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+MAX_NAME_BYTES = 200
+"""Longest output file name, in UTF-8 bytes: under the usual 255-byte limit with room for the
+temporary ``.NAME.XXXXXXXX.part`` name that :func:`write_atomic` writes first."""
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -121,6 +126,43 @@ def save_image(img: Image.Image, dest: Path, overwrite: bool = False) -> Path:
 def save_array(arr: np.ndarray, dest: Path, overwrite: bool = False) -> Path:
     """Save a NumPy array as ``.npy`` atomically."""
     return write_atomic(dest, lambda fh: np.save(fh, arr), overwrite)
+
+
+def safe_part(text: str) -> str:
+    """A label, layer or model name as one file-name part: ASCII letters, digits and ``._+-``
+    (other runs become ``-``), no leading or trailing dots, never empty."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text.strip()).strip("-.") or "x"
+
+
+def fit_name(name: str) -> str:
+    """``name`` if it fits in :data:`MAX_NAME_BYTES`, else its beginning, ``~``, a hash of the
+    whole name and its extension: deterministic, and distinct names stay distinct."""
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext) > 8:
+        stem, ext = name, ""
+    tail = f"~{hashlib.sha1(name.encode()).hexdigest()[:12]}{'.' + ext if ext else ''}"
+    return stem.encode()[: MAX_NAME_BYTES - len(tail.encode())].decode(errors="ignore") + tail
+
+
+def output_path(out: Path, name: str) -> Path:
+    """Where output ``name`` goes under the folder ``out``.
+
+    ``name`` may hold sub-folders (an input's path relative to its folder); each part is
+    shortened by :func:`fit_name`, and the path must stay inside ``out`` (no ``..``, no
+    absolute part, no symlinked sub-folder leading out).
+
+    Raises:
+        CamlensError: the name would leave ``out``.
+    """
+    parts = PurePath(name).parts
+    if not parts or PurePath(name).is_absolute() or any(p in {".", ".."} for p in parts):
+        raise CamlensError(f"{name!r}: output name would leave the output folder {out}")
+    path = out.joinpath(*(fit_name(p) for p in parts))
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise CamlensError(f"{path}: leads outside the output folder {out}")
+    return path
 
 
 def unique_stems(paths: list[Path], root: Path | None = None) -> Iterator[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 from camlens import render
 from camlens.errors import CamlensError, ImageError
 from camlens.explain import Explanation, Lens, Prediction, TargetSpec
-from camlens.imageio import read_image, save_array, save_image, unique_stems, write_atomic
+from camlens.imageio import output_path, read_image, safe_part, save_array, save_image, unique_stems, write_atomic
 
 
 @dataclass(frozen=True)
@@ -133,14 +132,14 @@ def _planned_files(
     exp: Explanation, out: Path, stem: str, options: RenderOptions, multi_layer: bool
 ) -> list[tuple[Path, str]]:
     """``(path, kind)`` of every file for one explanation; kind is overlay, panel or raw."""
-    layer = f"_{_safe(exp.layer)}" if multi_layer else ""
-    base = f"{stem}_{exp.method}{layer}_{exp.target.index}-{_safe(exp.target.label.split(',')[0])}"
+    layer = f"_{safe_part(exp.layer)}" if multi_layer else ""
+    base = f"{stem}_{safe_part(exp.method)}{layer}_{exp.target.index}-{safe_part(exp.target.label.split(',')[0])}"
     ext = "jpg" if options.image_format.lower() in {"jpg", "jpeg"} else "png"
-    files = [(out / f"{base}.{ext}", "overlay")]
+    files = [(output_path(out, f"{base}.{ext}"), "overlay")]
     if options.panel:
-        files.append((out / f"{base}_panel.{ext}", "panel"))
+        files.append((output_path(out, f"{base}_panel.{ext}"), "panel"))
     if options.save_raw:
-        files.append((out / f"{base}.npy", "raw"))
+        files.append((output_path(out, f"{base}.npy"), "raw"))
     return files
 
 
@@ -180,8 +179,3 @@ def _write_summary(
             if not path.exists():
                 raise
     raise CamlensError(f"{out}: too many run summaries named camlens-run-{stamp}*.json")
-
-
-def _safe(text: str) -> str:
-    """A file-name-safe form of a label or layer name."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text.strip()).strip("-") or "x"

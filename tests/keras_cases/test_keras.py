@@ -292,3 +292,21 @@ def test_evaluation_matches_the_pytorch_twin(tmp_path) -> None:  # type: ignore[
         assert k.keys() == t.keys()
         for key in k:
             assert k[key] == pytest.approx(t[key], abs=1e-3), (method, key)
+
+
+def test_features_of_layers_named_dot_dot_stay_inside_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from camlens.cli.app import app
+
+    inner = small_cnn("softmax", name="..")
+    inp = keras.Input((12, 12, 3))
+    model = keras.Model(inp, inner(inp), name="outer")
+    model.save(tmp_path / "dots.keras")
+    Image.new("RGB", (20, 20), (9, 99, 199)).save(tmp_path / "p.png")
+    out = tmp_path / "a" / "b" / "out"
+    result = CliRunner().invoke(app, ["features", str(tmp_path / "p.png"), "--model", str(tmp_path / "dots.keras"),
+                                      "--layer", "../conv1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    made = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".png" and p.name != "p.png"]
+    assert len(made) == 1 and made[0].parent == out, made

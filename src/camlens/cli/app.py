@@ -19,11 +19,13 @@ from camlens.cli.common import (
     ModelOpt,
     OutputOpt,
     OverwriteOpt,
+    TrustPickleOpt,
     WeightsOpt,
     app,
     err_console,
     exit_if_failed,
     expand_inputs,
+    for_cli,
     open_lens,
     out_console,
     progress_bar,
@@ -37,6 +39,7 @@ def explain(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
     model: ModelOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     labels: LabelsOpt = None,
     method: Annotated[
         list[str], typer.Option("--method", help="cam, gradcam, gradcam++ (comma-separated or repeated).")
@@ -66,7 +69,7 @@ def explain(
     if image_format.lower() not in {"png", "jpg", "jpeg"}:
         raise CamlensError(f"unknown output format {image_format!r}; use png or jpg")
     files, root = expand_inputs(inputs, recursive)
-    lens = open_lens(model, weights, labels, device, output)
+    lens = open_lens(model, weights, labels, device, output, trust_pickle)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
     with progress_bar(len(files), "explaining") as bar:
         task = bar.add_task("explain", total=len(files))
@@ -109,6 +112,7 @@ def features(
     colormap: Annotated[str, typer.Option("--colormap")] = "viridis",
     model: ModelOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     labels: LabelsOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/features"),
     overwrite: OverwriteOpt = False,
@@ -116,16 +120,16 @@ def features(
 ) -> None:
     """Show a layer's feature maps (its first N channels) as a grid image."""
     from camlens import render
-    from camlens.imageio import read_image, save_image
+    from camlens.imageio import output_path, read_image, safe_part, save_image
 
     render.check_colormap(colormap)
     picture = read_image(image)
-    lens = open_lens(model, weights, labels, device)
+    lens = open_lens(model, weights, labels, device, trust_pickle=trust_pickle)
     specs: list[str | None] = [*split(layer)] or [None]
     for spec in specs:
         name, acts = lens.features(picture, spec)
         grid = render.feature_grid(acts, channels, colormap, title=f"{image.name} @ {name} ({acts.shape[0]} channels)")
-        path = save_image(grid, out / f"{image.stem}_features_{name}.png", overwrite)
+        path = save_image(grid, output_path(out, f"{image.stem}_features_{safe_part(name)}.png"), overwrite)
         out_console.print(f"{name}: {acts.shape[0]} channels of {acts.shape[1]}x{acts.shape[2]} -> {path}")
 
 
@@ -135,11 +139,12 @@ def layers(
         str, typer.Argument(help="Model name (torchvision, timm:NAME, keras:NAME) or a model file.")
     ] = "efficientnet_lite0",
     weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every module, not only spatial ones.")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
     """List candidate target layers with their output shapes; mark the automatic choice."""
-    lens = open_lens(model, weights, None, device)
+    lens = open_lens(model, weights, None, device, trust_pickle=trust_pickle)
     rows, chosen = lens.backend.layers(lens.loaded)
     h, w = lens.loaded.preprocessing.input_size
     table = Table(title=f"{model}: layers in forward order (input {h}x{w})")
@@ -201,7 +206,7 @@ def demo(
         [out / "samples"], method=["cam,gradcam,gradcam++"], layer=None, target=None, panel=True, out=out,
         overwrite=overwrite, device=device, model="efficientnet_lite0", weights=None, labels=None, top=5,
         colormap="jet", alpha=0.5, save_raw=False, image_format="png", recursive=False, batch_size=len(images),
-        output=None,
+        output=None, trust_pickle=False,
     )
 
 
@@ -214,10 +219,10 @@ def main() -> None:
     try:
         app()
     except ImageError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"error: {for_cli(str(exc))}", soft_wrap=True)
         sys.exit(1)
     except CamlensError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"error: {for_cli(str(exc))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -228,6 +233,6 @@ def main() -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
         err_console.print(
             f"error: {type(exc).__name__}: {first} (set CAMLENS_DEBUG=1 for the traceback)",
-            highlight=False, markup=False, soft_wrap=True,
+            soft_wrap=True,
         )
         sys.exit(3)

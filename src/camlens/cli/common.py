@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.status import Status
+from rich.text import Text
 
 from camlens.errors import CamlensError
 
@@ -20,8 +23,43 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out_console = Console()
-err_console = Console(stderr=True)
+
+
+def printable(text: str) -> str:
+    """``text`` with every control or format character (terminal escape sequences, newlines,
+    bidi overrides) shown as a visible ``\\xNN`` / ``\\uNNNN`` escape, tabs kept."""
+    return "".join(
+        ch if ch == "\t" or not unicodedata.category(ch).startswith("C") else ch.encode("unicode_escape").decode()
+        for ch in text
+    )
+
+
+class SafeConsole(Console):
+    """A rich console that prints every string as it is: no markup, emoji codes or highlighting
+    read from file names, labels or messages, and control characters escaped (see
+    :func:`printable`). Styles come only from :class:`rich.text.Text` objects camlens builds."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(printable(text), **kwargs)
+
+    def status(self, status: Any, **kwargs: Any) -> Status:
+        return super().status(Text(printable(status)) if isinstance(status, str) else status, **kwargs)
+
+
+out_console = SafeConsole()
+err_console = SafeConsole(stderr=True)
+
+_CLI_FLAGS = {"trust_pickle=True": "--trust-pickle"}
+
+
+def for_cli(message: str) -> str:
+    """A library error message in the CLI's words: Python parameters become their flags."""
+    for param, flag in _CLI_FLAGS.items():
+        message = message.replace(param, flag)
+    return message
 
 ModelOpt = Annotated[
     str,
@@ -36,6 +74,13 @@ OutputOpt = Annotated[
     str | None, typer.Option("--output", help="Multi-output Keras model: the output to explain (index or name).")
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow --model to be a whole pickled nn.Module. Unpickling RUNS ANY CODE in the file: only for files you trust.",
+    ),
+]
 
 
 def split(values: list[str] | None) -> list[str]:
@@ -43,13 +88,14 @@ def split(values: list[str] | None) -> list[str]:
 
 
 def open_lens(  # type: ignore[no-untyped-def]
-    model: str, weights: Path | None, labels: Path | None, device: str, output: str | None = None
+    model: str, weights: Path | None, labels: Path | None, device: str, output: str | None = None,
+    trust_pickle: bool = False,
 ):
     from camlens.explain import Lens
 
     chosen: int | str | None = int(output) if output is not None and output.isdigit() else output
     with err_console.status(f"loading {model}..."):
-        return Lens(model, weights=weights, labels=labels, device=device, output=chosen)
+        return Lens(model, weights=weights, labels=labels, device=device, output=chosen, trust_pickle=trust_pickle)
 
 
 def expand_inputs(paths: list[Path], recursive: bool) -> tuple[list[Path], Path | None]:
@@ -78,7 +124,7 @@ def progress_bar(total: int, label: str) -> Progress:
 def exit_if_failed(lines: list[str], header: str) -> None:
     """List what failed under ``header`` on stderr and exit 1; do nothing when nothing failed."""
     if lines:
-        err_console.print(f"[red]{header}:[/red]")
+        err_console.print(Text(f"{printable(header)}:", style="red"))
         for line in lines:
             err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)

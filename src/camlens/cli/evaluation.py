@@ -16,6 +16,7 @@ from camlens.cli.common import (
     LabelsOpt,
     ModelOpt,
     OverwriteOpt,
+    TrustPickleOpt,
     WeightsOpt,
     app,
     exit_if_failed,
@@ -39,6 +40,7 @@ def localize(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders of images.")],
     model: ModelOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     labels: LabelsOpt = None,
     method: MethodOpt = ["gradcam"],  # noqa: B006
     layer: LayerOpt = None,
@@ -63,7 +65,7 @@ def localize(
     """
     from camlens import render
     from camlens.evaluation.boxes import best_iou, boxes_from_map
-    from camlens.imageio import read_image, save_image, unique_stems, write_atomic
+    from camlens.imageio import output_path, read_image, safe_part, save_image, unique_stems, write_atomic
 
     if not 0.0 <= threshold <= 1.0 or not 0.0 <= min_area <= 1.0:
         raise CamlensError("--threshold and --min-area must be between 0 and 1")
@@ -73,7 +75,7 @@ def localize(
     render.check_alpha(alpha)
     files, root = expand_inputs(inputs, recursive)
     truth = _annotations(boxes, boxes_format)
-    lens = open_lens(model, weights, labels, device)
+    lens = open_lens(model, weights, labels, device, trust_pickle=trust_pickle)
     methods = split(method)
     lens.explainer(methods, layer)
     lens.parse_targets(target or None)
@@ -101,11 +103,12 @@ def localize(
                 planned = []
                 for exp in exps:
                     found = boxes_from_map(exp.heatmap, threshold, largest=not all_regions, min_area=min_area)
-                    name = f"{stems[path]}_{exp.method}_{exp.target.index}_boxes.png"
+                    label = safe_part(exp.target.label.split(",")[0])
+                    dest = output_path(out, f"{stems[path]}_{safe_part(exp.method)}_{exp.target.index}-{label}_boxes.png")
                     drawn = render.draw_boxes(exp.overlay(colormap, alpha), true_boxes or [], (0, 220, 0))
-                    planned.append((out / name, render.draw_boxes(drawn, found, (255, 0, 0))))
+                    planned.append((dest, render.draw_boxes(drawn, found, (255, 0, 0))))
                     entry: dict[str, object] = {"method": exp.method, "layer": exp.layer, "target": exp.target.to_dict(),
-                                                "boxes": [b.to_dict() for b in found], "output": str(out / name)}
+                                                "boxes": [b.to_dict() for b in found], "output": str(dest)}
                     if true_boxes:
                         entry["iou"] = round(best_iou(found, true_boxes), 4)  # the best box counts (Choe et al.)
                     record["maps"].append(entry)  # type: ignore[attr-defined]
@@ -145,6 +148,7 @@ def evaluate(
     boxes_format: BoxFormatOpt = "auto",
     model: ModelOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     labels: LabelsOpt = None,
     method: MethodOpt = ["cam,gradcam,gradcam++"],  # noqa: B006
     layer: LayerOpt = None,
@@ -189,7 +193,7 @@ def evaluate(
         raise CamlensError("--steps must be at least 1")
     report.check_free(out, overwrite)
     truth = _annotations(boxes, boxes_format)
-    lens = open_lens(model, weights, labels, device)
+    lens = open_lens(model, weights, labels, device, trust_pickle=trust_pickle)
     items, problems = dataset(data, lens, truth, limit)
     loc = LocalizationProtocol(threshold, iou, maxbox_step=maxbox_step, pointing_tolerance=pointing_tolerance)
     faith = FaithfulnessProtocol(steps, deletion_baseline, insertion_baseline) if faithfulness else None

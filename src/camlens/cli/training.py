@@ -110,7 +110,7 @@ def train(
     stop = " (early stop)" if result.stopped_early else ""
     out_console.print(
         f"best val accuracy {result.best_val_acc:.2%} at epoch {result.best_epoch}{stop}; wrote {result.checkpoint} "
-        f"(resume state: {state_path(result.checkpoint)})\nexplain with: camlens explain IMAGES --model {result.checkpoint} "
-        "--method cam", soft_wrap=True, highlight=False,
+        f"(resume state: {state_path(result.checkpoint)})", soft_wrap=True,
     )
+    out_console.print(f"explain with: camlens explain IMAGES --model {result.checkpoint} --method cam", soft_wrap=True)
     exit_if_failed(result.skipped, f"{len(result.skipped)} unreadable images were skipped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,28 @@ def save_checkpoint(
     return write_atomic(Path(path), lambda fh: torch.save(data, fh), overwrite)
 
 
-def read(path: Path) -> Any:
-    """Load a file's contents with ``weights_only=True``; a pickled ``nn.Module`` (which needs
-    full unpickling, i.e. trusting the file) is loaded only when the safe load refuses it."""
+def read(path: Path, *, trust_pickle: bool = False) -> Any:
+    """Load a file's contents with ``weights_only=True`` (tensors, containers, numbers, strings:
+    nothing in the file can run code).
+
+    A file that needs full unpickling (a whole pickled ``nn.Module``, or any other Python
+    object) is refused unless ``trust_pickle`` is True, which runs whatever code the file holds.
+    Weights files (``weights=``) are never read with it.
+
+    Raises:
+        ModelError: not a PyTorch file, or a pickle that needs trusting and ``trust_pickle`` is False.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass
+    except pickle.UnpicklingError as exc:
+        needs = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if needs is None:
+            raise ModelError(f"{path}: not a PyTorch checkpoint ({_weights_unpickler_reason(exc)})") from exc
+        if not trust_pickle:
+            raise ModelError(
+                f"{path}: holds pickled Python objects, not only weights (e.g. {needs.group(1)[:100]}); loading it "
+                "would run code from the file: only if you trust its source, load it with trust_pickle=True"
+            ) from exc
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
         raise ModelError(f"{path}: not a PyTorch checkpoint ({exc.__class__.__name__}: {_first_line(exc)})") from exc
     try:
@@ -70,6 +86,11 @@ def state_dict_of(data: Any, path: Path) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in data):
         data = {k[len("module.") :]: v for k, v in data.items()}
     return data
+
+
+def _weights_unpickler_reason(exc: BaseException) -> str:
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+    return found.group(1).strip()[:120] if found else _first_line(exc)[:120]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from camlens.errors import ModelError
-from camlens.models.preprocess import Preprocessing
+from camlens.models.preprocess import KNOWN_FUNCTIONS, Preprocessing
 
 
 def load_keras(name: str, weights: Path | None = None) -> tuple[Any, Preprocessing | None]:
@@ -43,7 +43,7 @@ def load_keras(name: str, weights: Path | None = None) -> tuple[Any, Preprocessi
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"{path}: cannot load Keras model ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from exc
     if weights is not None:
@@ -73,8 +73,7 @@ def _application_preprocessing(arch: str, model: Any) -> Preprocessing:
 
     base = default_preprocessing(model)
     for module_name in dir(keras.applications):
-        module = getattr(keras.applications, module_name)
-        if getattr(module, arch, None) is not None and hasattr(module, "preprocess_input"):
-            function = f"{module.__name__}.preprocess_input"
+        function = f"keras.applications.{module_name}.preprocess_input"
+        if function in KNOWN_FUNCTIONS and getattr(getattr(keras.applications, module_name), arch, None) is not None:
             return Preprocessing(base.mean, base.std, base.input_size, "bilinear", base.channels, "NHWC", function)
     return base

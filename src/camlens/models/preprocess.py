@@ -9,6 +9,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from camlens.errors import CamlensError
+
+_KERAS_APPLICATION_MODULES = frozenset({
+    "convnext", "densenet", "efficientnet", "efficientnet_v2", "inception_resnet_v2", "inception_v3",
+    "mobilenet", "mobilenet_v2", "mobilenet_v3", "nasnet", "resnet", "resnet50", "resnet_v2", "vgg16",
+    "vgg19", "xception",
+})
+KNOWN_FUNCTIONS = frozenset(f"keras.applications.{m}.preprocess_input" for m in _KERAS_APPLICATION_MODULES)
+"""The only functions a :class:`Preprocessing` (and so a checkpoint file) may name."""
+
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -24,9 +34,15 @@ class Preprocessing:
     The whole image is resized to ``input_size = (height, width)``, with no centre crop, so a
     map covers every pixel of the picture the user sees. ``channels`` is 3 (RGB) or 1
     (grayscale models; ``mean`` and ``std`` then hold one value each). Pixels are scaled to
-    [0, 1] and normalised with ``mean``/``std`` unless ``function`` names a Keras-style
-    ``preprocess_input`` (e.g. ``"keras.applications.resnet50.preprocess_input"``), which then
-    receives the 0..255 pixels instead. ``layout`` is ``"NCHW"`` (PyTorch) or ``"NHWC"`` (Keras).
+    [0, 1] and normalised with ``mean``/``std`` unless ``function`` names one of the
+    ``keras.applications`` modules' ``preprocess_input`` (e.g.
+    ``"keras.applications.resnet50.preprocess_input"``; the full list is
+    :data:`KNOWN_FUNCTIONS`), which then receives the 0..255 pixels instead. No other function
+    can be named: a checkpoint file's preprocessing must not be able to call arbitrary code.
+    ``layout`` is ``"NCHW"`` (PyTorch) or ``"NHWC"`` (Keras).
+
+    Raises:
+        CamlensError: ``function`` is not in :data:`KNOWN_FUNCTIONS`.
     """
 
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
@@ -36,6 +52,13 @@ class Preprocessing:
     channels: int = 3
     layout: str = "NCHW"
     function: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.function is not None and self.function not in KNOWN_FUNCTIONS:
+            raise CamlensError(
+                f"preprocessing function {str(self.function)[:100]!r} is not allowed; known: the "
+                f"preprocess_input of keras.applications.{{{','.join(sorted(_KERAS_APPLICATION_MODULES))}}}"
+            )
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Return a float32 batch for PIL images, in :attr:`layout`."""
@@ -69,5 +92,9 @@ class Preprocessing:
 
 
 def _import(dotted: str) -> Callable[[np.ndarray], np.ndarray]:
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    """The allow-listed function ``dotted`` (checked again here, whatever built the object)."""
+    if dotted not in KNOWN_FUNCTIONS:
+        raise CamlensError(f"preprocessing function {dotted[:100]!r} is not allowed")
+    module = dotted.removesuffix(".preprocess_input").removeprefix("keras.applications.")
+    applications = importlib.import_module("keras.applications")
+    return getattr(applications, module).preprocess_input  # type: ignore[no-any-return]

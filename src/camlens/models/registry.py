@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camlens.errors import ModelError
+from camlens.errors import CamlensError, ModelError
 from camlens.models import checkpoint
 from camlens.models import labels as labels_mod
 from camlens.models.labels import Labels
@@ -60,6 +60,7 @@ def load_model(
     labels: str | Path | None = None,
     device: str | torch.device = "auto",
     output: int | str | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedModel:
     """Build a model by name and return it ready to explain.
 
@@ -73,6 +74,9 @@ def load_model(
             official pretrained weights.
         labels: a labels file (one name per line, or JSON); ImageNet-1k names otherwise.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        trust_pickle: allow ``name`` to be a whole pickled ``nn.Module``, which runs any code
+            the file holds; only for files from a source you trust. Weights files are always
+            read weights-only.
 
     Raises:
         ModelError: unknown name, weights missing offline, or an unreadable/mismatched file.
@@ -87,7 +91,7 @@ def load_model(
         keras_model, prep = load_keras(name, weights_path)
         return wrap_model(keras_model, labels=labels, preprocessing=prep, name=name, output=output)
     if Path(name).suffix in {".pt", ".pth", ".ckpt", ".bin"} or Path(name).is_file():
-        built, prep, names = _from_file(Path(name))
+        built, prep, names = _from_file(Path(name), trust_pickle)
     else:
         built, prep = _builder(name)(weights_path)
         names = None
@@ -261,18 +265,26 @@ def _torchvision_preprocessing(name: str) -> Preprocessing:
     return Preprocessing(tuple(t.mean), tuple(t.std), (crop, crop), t.interpolation.value)
 
 
-def _from_file(path: Path) -> tuple[nn.Module, Preprocessing, list[str] | None]:
+def _from_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, Preprocessing, list[str] | None]:
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
-    data = checkpoint.read(path)
+    data = checkpoint.read(path, trust_pickle=trust_pickle)
     if isinstance(data, nn.Module):
         return data, Preprocessing(), None
     if isinstance(data, dict) and data.get("format") == checkpoint.FORMAT:
-        arch = str(data["arch"])
+        try:
+            prep = Preprocessing.from_dict(data.get("preprocessing", {}))
+            arch, num_classes, names = str(data["arch"]), int(data["num_classes"]), [str(n) for n in data["labels"]]
+        except ModelError:
+            raise
+        except CamlensError as exc:
+            raise ModelError(f"{path}: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{path}: malformed camlens checkpoint ({exc.__class__.__name__}: {exc})") from exc
         state = checkpoint.state_dict_of(data, path)
-        model = architecture(arch, int(data["num_classes"]))
+        model = architecture(arch, num_classes)
         _load_into(model, state, path)
-        return model, Preprocessing.from_dict(data.get("preprocessing", {})), list(data["labels"])
+        return model, prep, names
     raise ModelError(f"{path}: holds weights but no architecture; pass --model ARCH --weights {path}")
 
 
