@@ -67,3 +67,18 @@ def samples_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     folder = tmp_path_factory.mktemp("samples")
     write_samples(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def resnet() -> nn.Module:
+    """A random-weight torchvision ResNet-18 with 20 classes, for parity with peers."""
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=20).eval()
+
+
+@pytest.fixture(scope="session")
+def batch() -> torch.Tensor:
+    """Three random 96x96 inputs for :func:`resnet`."""
+    return torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(7))

@@ -165,3 +165,54 @@ def test_recursive_folder_mirrors_sub_folders(samples_dir: Path, tmp_path: Path)
     blocked.write_text("x")
     again = camlens("explain", photos / "coffee.png", "--out", blocked / "sub", "--device", "cpu")
     assert again.returncode == 2 and "cannot create output folder" in again.stderr and blocked.read_text() == "x"
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random small_cnn checkpoint (64x64, classes ant/bee/cat): fast to load and run."""
+    from camlens.models import Labels, Preprocessing, save_checkpoint
+    from camlens.models.small_cnn import SmallCNN
+
+    folder = tmp_path_factory.mktemp("small")
+    prep = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, input_size=(64, 64), interpolation="bilinear")
+    return save_checkpoint(folder / "small.pt", "small_cnn", SmallCNN(3).eval(), Labels(("ant", "bee", "cat")), prep)
+
+
+def test_every_registered_method_runs_from_the_cli(small_model: Path, tmp_path: Path) -> None:
+    from camlens.core import method_names
+
+    Image.new("RGB", (50, 40), (30, 160, 90)).save(tmp_path / "a.png")
+    result = camlens("explain", tmp_path / "a.png", "--model", small_model, "--method", ",".join(method_names()),
+                     "--out", tmp_path / "out", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    written = {p.name for p in (tmp_path / "out").glob("a_*.png")}
+    top = json.loads(next((tmp_path / "out").glob("camlens-run-*.json")).read_text())["images"][0]["predictions"][0]
+    assert written == {f"a_{m}_{top['index']}-{top['label']}.png" for m in method_names()}
+    listing = camlens("methods")
+    assert listing.returncode == 0 and all(m in listing.stdout for m in method_names())
+
+
+def test_method_aliases_are_resolved_once_at_the_edge(small_model: Path, tmp_path: Path) -> None:
+    from camlens.evaluation.run import dataset, evaluate
+    from camlens.explain import Lens
+
+    for i, cls in enumerate(["ant", "bee", "cat"]):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (48, 48), (80 * i, 40, 200 - 60 * i)).save(tmp_path / "data" / cls / f"{cls}.png")
+    result = camlens("evaluate", tmp_path / "data", "--model", small_model, "--method", "grad-cam,GradCAM,Grad_CAM++",
+                     "--steps", "4", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert list(metrics["scores"]) == ["gradcam", "gradcam++"]
+    lens = Lens(str(small_model), device="cpu")
+    items, _ = dataset(tmp_path / "data", lens, None)
+    scores = evaluate(lens, items, ["GradCAM", "gradcam"], localization=None, examples=0).scores
+    assert list(scores) == ["gradcam"]
+    bad = camlens("explain", tmp_path / "data" / "ant" / "ant.png", "--model", small_model, "--method", "gradcan")
+    assert bad.returncode == 2 and "did you mean gradcam" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_readme_methods_table_is_the_registrys() -> None:
+    table = camlens("methods", "--markdown").stdout.strip()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert table.count("\n") > 10 and table in readme

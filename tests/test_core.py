@@ -7,48 +7,60 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from camlens.core import CAM, Capture, GradCAM, GradCAMPlusPlus, get_method, method_names, normalize, upsample
+from camlens.core import LayerRecord, get_method, method_names, normalize, upsample
+from camlens.core.methods import CAM, GradCAM, GradCAMPlusPlus
 from camlens.errors import MethodError
+
+
+def record(acts: np.ndarray, grads: np.ndarray | None = None, class_weights: np.ndarray | None = None) -> LayerRecord:
+    """One target per sample: gradients ``(N, C, h, w)`` and class weights ``(N, C)`` get a K axis."""
+    n = acts.shape[0]
+    return LayerRecord(
+        "layer", acts, np.zeros((n, 1), np.int64),
+        gradients=None if grads is None else grads[:, None],
+        class_weights=None if class_weights is None else class_weights[:, None],
+    )
 
 
 def test_gradcam_weights_are_mean_gradients_and_map_is_rectified() -> None:
     acts = np.array([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [0.0, 1.0]]]])  # (1, 2, 2, 2)
     grads = np.array([[[[1.0, 1.0], [1.0, 1.0]], [[-4.0, -4.0], [-4.0, 0.0]]]])
-    cap = Capture(acts, np.array([0]), gradients=grads)
-    np.testing.assert_allclose(GradCAM().weights(cap), [[1.0, -3.0]])
+    rec = record(acts, grads)
+    np.testing.assert_allclose(GradCAM().weights(rec), [[[1.0, -3.0]]])
     # 1*A0 - 3*A1 = [[1, -1], [3, 1]] -> ReLU
-    np.testing.assert_allclose(GradCAM()(cap), [[[1.0, 0.0], [3.0, 1.0]]])
+    np.testing.assert_allclose(GradCAM().maps(rec), [[[[1.0, 0.0], [3.0, 1.0]]]])
 
 
 def test_gradcam_plus_plus_matches_eq19_by_hand() -> None:
     acts = np.array([[[[1.0, 2.0], [0.0, 1.0]]]])  # one channel, sum A = 4
     grads = np.array([[[[0.5, -1.0], [0.0, 2.0]]]])
-    cap = Capture(acts, np.array([0]), gradients=grads)
+    rec = record(acts, grads)
     # alpha_ij = g^2 / (2 g^2 + 4 g^3): g=.5 -> .25/(.5+.5)=.25 ; g=-1 -> 1/(2-4)=-.5 ; g=0 -> 0 ; g=2 -> 4/(8+32)=.1
     # w = sum alpha * relu(g) = .25*.5 + 0 + 0 + .1*2 = .325
-    np.testing.assert_allclose(GradCAMPlusPlus().weights(cap), [[0.325]], rtol=1e-6)
-    np.testing.assert_allclose(GradCAMPlusPlus()(cap), 0.325 * acts[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(GradCAMPlusPlus().weights(rec), [[[0.325]]], rtol=1e-6)
+    np.testing.assert_allclose(GradCAMPlusPlus().maps(rec), 0.325 * acts, rtol=1e-6)
 
 
 def test_cam_uses_class_weights_without_relu() -> None:
     acts = np.array([[[[1.0, -2.0]], [[3.0, 0.0]]]])  # (1, 2, 1, 2)
-    cap = Capture(acts, np.array([1]), class_weights=np.array([[2.0, -1.0]]))
-    np.testing.assert_allclose(CAM()(cap), [[[2 - 3, -4 - 0]]])
+    rec = record(acts, class_weights=np.array([[2.0, -1.0]]))
+    np.testing.assert_allclose(CAM().maps(rec), [[[[2 - 3, -4 - 0]]]])
 
 
 def test_missing_inputs_raise_clear_errors() -> None:
-    cap = Capture(np.ones((1, 1, 2, 2)), np.array([0]))
+    rec = record(np.ones((1, 1, 2, 2)))
     with pytest.raises(MethodError, match="Grad-CAM needs gradients"):
-        GradCAM()(cap)
+        GradCAM().maps(rec)
     with pytest.raises(MethodError, match="class weights"):
-        CAM()(cap)
+        CAM().maps(rec)
 
 
 def test_method_registry_names_and_aliases() -> None:
     assert method_names()[:3] == ["cam", "gradcam", "gradcam++"]
     assert isinstance(get_method("Grad-CAM++"), GradCAMPlusPlus)
     assert isinstance(get_method("grad_cam"), GradCAM)
-    with pytest.raises(MethodError, match="unknown method 'scorecam'; choose from cam, gradcam"):
+    assert isinstance(get_method("GradCAM"), GradCAM) and isinstance(get_method("gradcampp"), GradCAMPlusPlus)
+    with pytest.raises(MethodError, match=r"unknown method 'scorecam'; did you mean .*\(choose from cam, gradcam"):
         get_method("scorecam")
 
 
@@ -72,8 +84,8 @@ def test_cam_weighting_then_resizing_equals_resizing_then_weighting() -> None:
     rng = np.random.default_rng(1)
     acts = rng.normal(size=(1, 16, 7, 7)).astype(np.float32)
     w = rng.normal(size=(1, 16)).astype(np.float32)
-    cam = CAM()(Capture(acts, np.array([0]), class_weights=w))
+    cam = CAM().maps(record(acts, class_weights=w))
     weight_then_resize = upsample(cam, (224, 300))
     resized = upsample(acts, (224, 300))
-    resize_then_weight = CAM()(Capture(resized, np.array([0]), class_weights=w))
+    resize_then_weight = CAM().maps(record(resized, class_weights=w))
     np.testing.assert_allclose(weight_then_resize, resize_then_weight, atol=1e-4)

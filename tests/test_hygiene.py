@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from camlens import CAM, Explainer, GradCAM
+from camlens.core import method_names
 from tests.conftest import TinyDeepNet, TinyGapNet
 
-METHODS = ["cam", "gradcam", "gradcam++"]
+METHODS = method_names()  # every registered method
 
 
 def _hooks(model: nn.Module) -> int:

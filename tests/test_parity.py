@@ -12,22 +12,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from camlens import Explainer
 from camlens.core import normalize, upsample
-
-
-@pytest.fixture(scope="module")
-def resnet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=20).eval()
-
-
-@pytest.fixture(scope="module")
-def batch() -> torch.Tensor:
-    return torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(7))
-
 
 TARGETS = [3, 11, 17]
 

@@ -1,26 +1,55 @@
 """camlens: see where an image classifier looks.
 
 High level: :func:`explain` (one image, one call) and :class:`Lens` (a loaded model, batches).
-Low level: :class:`Explainer`, :class:`CAM`, :class:`GradCAM`, :class:`GradCAMPlusPlus` on
-preprocessed PyTorch batches, :class:`KerasExplainer` for Keras 3 models. The framework-free math lives in :mod:`camlens.core`.
+Low level: :class:`Explainer` (any methods and layers) or a method bound to a model
+(``GradCAM(model, layer="layer4")``) on preprocessed batches, PyTorch or Keras 3 alike. Every
+method is a class of :mod:`camlens.core.methods`; ``camlens methods`` lists them.
 """
 
-from camlens.adapters.pytorch import CAM, CamResult, Explainer, GradCAM, GradCAMPlusPlus
+from camlens.adapters import Explainer
+from camlens.core.methods import (
+    CAM,
+    KPCACAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    GradCAMPlusPlusAuthors,
+    GradCAMPlusPlusPGC,
+    HiResCAM,
+    LayerCAM,
+    Method,
+    ShapleyCAM,
+    XGradCAM,
+)
+from camlens.core.result import CamResult
 from camlens.errors import CamlensError
 from camlens.explain import Explanation, Lens, Prediction, explain
 from camlens.models import load_model
 
 __all__ = [
     "CAM",
-    "KerasExplainer",
+    "KPCACAM",
     "CamResult",
     "CamlensError",
+    "EigenCAM",
+    "EigenGradCAM",
     "Explainer",
     "Explanation",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "GradCAMPlusPlusAuthors",
+    "GradCAMPlusPlusPGC",
+    "HiResCAM",
+    "KerasExplainer",
+    "LayerCAM",
     "Lens",
+    "Method",
     "Prediction",
+    "ShapleyCAM",
+    "XGradCAM",
     "explain",
     "load_model",
 ]

@@ -15,7 +15,7 @@ from PIL import Image
 from camlens import render
 from camlens.adapters.backends import ExplainerFn, backend_for
 from camlens.core.maps import normalize, upsample
-from camlens.core.methods import Method
+from camlens.core.methods import Method, canonical_name
 from camlens.core.scores import softmax
 from camlens.core.targets import top_k
 from camlens.errors import CamlensError, TargetError
@@ -191,7 +191,7 @@ class Lens:
     def explainer(self, method: str | Method | Sequence[str | Method], layer: Any) -> ExplainerFn:
         """The (cached) explainer for these methods and layers on this model, so that automatic
         layers and the CAM head are found once, not once per batch."""
-        key = (_key(method), _key(layer))
+        key = (_method_key(method), _key(layer))
         if key not in self._explainers:
             self._explainers[key] = self.backend.explainer(self.loaded, method, layer)
         return self._explainers[key]
@@ -238,6 +238,15 @@ def as_image(image: ImageLike) -> Image.Image:
             raise CamlensError(f"expected an (H, W) or (H, W, C) uint8 array, got {image.dtype} {image.shape}")
         return to_rgb(Image.fromarray(image))
     raise CamlensError(f"cannot read an image from {type(image).__name__}")
+
+
+def _method_key(spec: str | Method | Sequence[str | Method]) -> tuple[object, ...]:
+    """Methods by canonical name (``Grad-CAM`` and ``gradcam`` share an explainer), instances by identity."""
+    items = [spec] if isinstance(spec, (str, Method)) else list(spec)
+    return tuple(
+        part for item in items
+        for part in ([canonical_name(p) for p in item.split(",") if p.strip()] if isinstance(item, str) else [id(item)])
+    )
 
 
 def _key(spec: object) -> object:

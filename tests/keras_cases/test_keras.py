@@ -8,12 +8,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from camlens import Explainer, GradCAM
 from camlens.adapters.keras import KerasExplainer
-from camlens.core import normalize
+from camlens.core import method_names, normalize
 from camlens.errors import LayerError, MethodError, ModelError
 from tests.keras_cases.conftest import keras, small_cnn
 
-METHODS = ["cam", "gradcam", "gradcam++"]
+METHODS = method_names()  # every registered method, so a new one is covered on all three backends
+NOT_CAM = [m for m in METHODS if m != "cam"]
 
 
 def _torch_twin(model: keras.Model) -> nn.Module:
@@ -44,17 +46,46 @@ def test_same_maps_as_pytorch_for_the_same_network(batch: np.ndarray) -> None:
     targets = [0, 2, 3]
     with KerasExplainer(model, METHODS) as ke:
         k = ke(batch, targets)
-    from camlens import Explainer
-
     with Explainer(twin, METHODS, "relu2") as te:
         t = te(x, targets)
     np.testing.assert_allclose(k.logits, t.logits, atol=1e-4)
     for method in METHODS:
         np.testing.assert_allclose(normalize(k.maps[method]["conv2"]), normalize(t.maps[method]["relu2"]), atol=1e-4)
-    with KerasExplainer(model, ["gradcam", "gradcam++"], "conv1") as ke, Explainer(twin, ["gradcam", "gradcam++"], "relu1") as te:
+    with KerasExplainer(model, NOT_CAM, "conv1") as ke, Explainer(twin, NOT_CAM, "relu1") as te:
         k1, t1 = ke(batch, targets), te(x, targets)
-    for method in ["gradcam", "gradcam++"]:
+    for method in NOT_CAM:
         np.testing.assert_allclose(normalize(k1.maps[method]["conv1"]), normalize(t1.maps[method]["relu1"]), atol=1e-4)
+
+
+def test_second_order_route_matches_pytorch_on_a_curved_head(batch: np.ndarray) -> None:
+    """conv -> GAP -> Dense(tanh) -> Dense: the Hessian term of Shapley-CAM is not zero here."""
+    rng = np.random.default_rng(3)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(5, 3, padding="same", name="conv")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(7, activation="tanh", name="hidden")(x)
+    model = keras.Model(inp, keras.layers.Dense(4, name="out")(x))
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(scale=0.8, size=w.shape).astype("float32") for w in layer.get_weights()])
+    twin = nn.Sequential()
+    twin.conv = nn.Conv2d(3, 5, 3, padding=1)
+    twin.pool, twin.flat = nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    twin.hidden, twin.tanh, twin.out = nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4)
+    with torch.no_grad():
+        kernel, bias = model.get_layer("conv").get_weights()
+        twin.conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+        twin.conv.bias.copy_(torch.from_numpy(bias))
+        for name in ("hidden", "out"):
+            kernel, bias = model.get_layer(name).get_weights()
+            getattr(twin, name).weight.copy_(torch.from_numpy(kernel.T.copy()))
+            getattr(twin, name).bias.copy_(torch.from_numpy(bias))
+    xt = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())
+    both = ["shapleycam", "gradcam"]
+    with KerasExplainer(model, both, "conv") as ke, Explainer(twin.eval(), both, "conv") as te:
+        k, t = ke(batch, top=2), te(xt, top=2)
+    np.testing.assert_allclose(k.maps["shapleycam"]["conv"], t.maps["shapleycam"]["conv"], rtol=1e-3, atol=1e-5)
+    assert not np.allclose(t.maps["shapleycam"]["conv"], t.maps["gradcam"]["conv"], atol=1e-4)
 
 
 def test_softmax_head_explains_pre_softmax_scores_without_editing_the_model(batch: np.ndarray) -> None:
@@ -310,3 +341,14 @@ def test_features_of_layers_named_dot_dot_stay_inside_out(tmp_path) -> None:  # 
     assert result.exit_code == 0, result.output
     made = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".png" and p.name != "p.png"]
     assert len(made) == 1 and made[0].parent == out, made
+
+
+def test_the_low_level_api_takes_a_keras_model(batch: np.ndarray) -> None:
+    model = small_cnn("logits")
+    with GradCAM(model, layer="conv2") as cam, Explainer(model, "grad-cam", "conv2") as ex:
+        with KerasExplainer(model, "gradcam") as ke:
+            a, b, c = cam(batch, top=2), ex(batch, top=2), ke(batch, top=2)
+    np.testing.assert_array_equal(a.maps["gradcam"]["conv2"], c.maps["gradcam"]["conv2"])
+    np.testing.assert_array_equal(b.maps["gradcam"]["conv2"], c.maps["gradcam"]["conv2"])
+    with pytest.raises(Exception, match="closed"):
+        cam(batch)

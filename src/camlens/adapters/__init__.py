@@ -1,1 +1,86 @@
-"""Framework adapters: capture activations, gradients and logits and hand them to the core."""
+"""Framework adapters: capture activations, gradients and logits and hand them to the core.
+
+:func:`explainer_for` is the one place that picks a framework for a model object; the
+frameworks themselves are imported only when a model of theirs is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from camlens.errors import CamlensError
+
+if TYPE_CHECKING:
+    from camlens.core.methods import Method
+    from camlens.core.result import CamResult
+    from camlens.core.targets import Targets
+
+
+def explainer_for(model: Any, method: str | Method | Sequence[str | Method], layer: Any = None, *,
+                  output: int | str | None = None) -> Any:
+    """The explainer of ``model``'s framework: :class:`~camlens.adapters.pytorch.TorchExplainer`
+    for an ``nn.Module``, :class:`~camlens.adapters.keras.KerasExplainer` for a Keras 3 model.
+
+    Raises:
+        CamlensError: ``model`` is neither, or ``output`` is given for a PyTorch model.
+    """
+    from camlens.adapters.backends import is_keras_model
+
+    if is_keras_model(model):
+        from camlens.adapters.keras import KerasExplainer
+
+        return KerasExplainer(model, method, layer, output=output)
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise CamlensError(f"expected a PyTorch nn.Module or a Keras 3 model, got {type(model).__name__}")
+    if output is not None:
+        raise CamlensError("output= picks an output of a multi-output Keras model; this is a PyTorch model")
+    from camlens.adapters.pytorch import TorchExplainer
+
+    return TorchExplainer(model, method, layer)
+
+
+class Explainer:
+    """CAMs for a batch with one forward pass, for several methods and layers at once, on a
+    PyTorch module (``(N, C, H, W)`` tensors) or a Keras 3 model (``(N, H, W, C)`` arrays).
+
+    Args:
+        model: an ``nn.Module`` or a Keras 3 model returning ``(N, classes)`` scores.
+        method: a method name (``camlens methods`` lists them), a :class:`~camlens.core.methods.Method`,
+            or a sequence of them.
+        layer: a layer name, a module/layer object, a sequence of those, or ``None`` for the
+            last spatial layer before the classifier's pooling.
+        output: for a multi-output Keras model, the output to explain (index or name).
+
+    Maps come back ``(N, K, h, w)`` for both frameworks. Hooks live only during each call.
+    """
+
+    def __init__(self, model: Any, method: str | Method | Sequence[str | Method] = "gradcam", layer: Any = None, *,
+                 output: int | str | None = None) -> None:
+        self._impl = explainer_for(model, method, layer, output=output)
+
+    @property
+    def methods(self) -> list[Method]:
+        """The resolved methods, canonical names in ``.name``."""
+        return list(self._impl.methods)
+
+    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
+        """Explain ``batch`` (already preprocessed); ``targets`` as in
+        :func:`camlens.core.targets.resolve_targets`, ``top`` the best classes when ``targets`` is None."""
+        result: CamResult = self._impl(batch, targets, top=top)
+        return result
+
+    def close(self) -> None:
+        """Drop references to the model."""
+        self._impl.close()
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Explainer", "explainer_for"]

@@ -56,9 +56,9 @@ class TorchBackend:
             return logits_of(loaded.model(batch)).float().cpu().numpy()
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any) -> ExplainerFn:
-        from camlens.adapters.pytorch.extractor import Explainer
+        from camlens.adapters.pytorch.extractor import TorchExplainer
 
-        return Explainer(loaded.model, method, layer)
+        return TorchExplainer(loaded.model, method, layer)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.pytorch.extractor import feature_maps
@@ -82,10 +82,9 @@ class KerasBackend:
     def logits(self, loaded: LoadedModel, batch: Any) -> np.ndarray:
         from camlens.adapters.keras import routes
         from camlens.adapters.keras.head import find_head
-        from camlens.core.targets import resolve_targets
 
         head = find_head(loaded.model, loaded.output)
-        return routes.capture(loaded.model, batch, [], head, lambda z: resolve_targets(None, z), False).logits
+        return routes.forward_pass(loaded.model, batch, [], head, with_gradients=False).logits
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any) -> ExplainerFn:
         from camlens.adapters.keras.extractor import KerasExplainer

@@ -16,6 +16,7 @@ from rich.table import Table
 from camlens.cli.common import (
     DeviceOpt,
     LabelsOpt,
+    MethodOpt,
     ModelOpt,
     OutputOpt,
     OverwriteOpt,
@@ -28,6 +29,7 @@ from camlens.cli.common import (
     for_cli,
     open_lens,
     out_console,
+    parse_methods,
     progress_bar,
     split,
 )
@@ -41,9 +43,7 @@ def explain(
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = False,
     labels: LabelsOpt = None,
-    method: Annotated[
-        list[str], typer.Option("--method", help="cam, gradcam, gradcam++ (comma-separated or repeated).")
-    ] = ["gradcam"],  # noqa: B006
+    method: MethodOpt = ["gradcam"],  # noqa: B006
     layer: Annotated[
         list[str] | None, typer.Option("--layer", help="Target layer(s), dotted names; default: the last spatial layer.")
     ] = None,
@@ -74,7 +74,7 @@ def explain(
     with progress_bar(len(files), "explaining") as bar:
         task = bar.add_task("explain", total=len(files))
         report = runner.run(
-            lens, files, out, methods=split(method), layers=split(layer), target=target or None, top=top,
+            lens, files, out, methods=parse_methods(method), layers=split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n),
         )
     _print_predictions(report.images, top)
@@ -164,6 +164,41 @@ def _spatial(shape: tuple[int | None, ...] | None) -> bool:
         return False
     sizes = [d for d in shape[1:] if d is not None]
     return len(sizes) < 3 or sorted(sizes)[1] > 1
+
+
+@app.command()
+def methods(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (the README's table).")] = False,
+) -> None:
+    """List the CAM methods: name (for --method), paper, what each needs, cost per image, map."""
+    rows = method_rows()
+    if markdown:
+        out_console.print("| name | method | paper | needs | cost per image | map |")
+        out_console.print("| --- | --- | --- | --- | --- | --- |")
+        for name, aliases, title, paper, needs, cost, formula in rows:
+            also = f" (or {', '.join(f'`{a}`' for a in aliases)})" if aliases else ""
+            out_console.print(f"| `{name}`{also} | {title} | {paper} | {needs} | {cost} | {formula} |", soft_wrap=True)
+        return
+    table = Table(title=f"{len(rows)} methods (g = d score / d A, A the layer's output)")
+    for column in ("name", "method", "paper", "needs", "cost per image", "map"):
+        table.add_column(column)
+    for name, aliases, *rest in rows:
+        table.add_row(name + (f" (or {', '.join(aliases)})" if aliases else ""), *rest)
+    out_console.print(table)
+    out_console.print("One forward pass is shared by every method, layer and target of a run.", soft_wrap=True)
+
+
+def method_rows() -> list[tuple[str, tuple[str, ...], str, str, str, str, str]]:
+    """One row per registered method: name, aliases, title, paper, needs, cost, formula."""
+    from camlens.core.methods import method_classes
+
+    rows = []
+    for cls in method_classes():
+        needs = ", ".join(sorted(n.value for n in cls.needs)) or "activations"
+        b = cls.backwards
+        cost = "1 forward" + (f" + {b} backward{'s' if b > 1 else ''} per target" if b else "")
+        rows.append((cls.name, cls.aliases, cls.title, cls.paper, needs, cost, cls.formula))
+    return rows
 
 
 @app.command()

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.status import Status
 from rich.text import Text
 
+from camlens.core.methods import method_names, methods_from
 from camlens.errors import CamlensError
 
 app = typer.Typer(
@@ -73,6 +74,13 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or a
 OutputOpt = Annotated[
     str | None, typer.Option("--output", help="Multi-output Keras model: the output to explain (index or name).")
 ]
+MethodOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--method",
+        help=f"Method(s), comma-separated or repeated: {', '.join(method_names())} (any case; `camlens methods` describes them).",
+    ),
+]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 TrustPickleOpt = Annotated[
     bool,
@@ -85,6 +93,11 @@ TrustPickleOpt = Annotated[
 
 def split(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def parse_methods(values: list[str]) -> list[str]:
+    """``--method`` values as canonical method names (aliases resolved once, here)."""
+    return [m.name for m in methods_from(split(values))]
 
 
 def open_lens(  # type: ignore[no-untyped-def]

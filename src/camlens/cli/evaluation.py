@@ -14,6 +14,7 @@ from rich.table import Table
 from camlens.cli.common import (
     DeviceOpt,
     LabelsOpt,
+    MethodOpt,
     ModelOpt,
     OverwriteOpt,
     TrustPickleOpt,
@@ -23,12 +24,11 @@ from camlens.cli.common import (
     expand_inputs,
     open_lens,
     out_console,
+    parse_methods,
     progress_bar,
-    split,
 )
 from camlens.errors import CamlensError
 
-MethodOpt = Annotated[list[str], typer.Option("--method", help="cam, gradcam, gradcam++ (comma-separated or repeated).")]
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="Target layer; default: the last spatial layer.")]
 BoxesOpt = Annotated[Path | None, typer.Option("--boxes", help="True boxes: Pascal VOC XML file/folder, COCO JSON, or CSV.")]
 BoxFormatOpt = Annotated[str, typer.Option("--boxes-format", help="auto, voc, coco or csv.")]
@@ -76,7 +76,7 @@ def localize(
     files, root = expand_inputs(inputs, recursive)
     truth = _annotations(boxes, boxes_format)
     lens = open_lens(model, weights, labels, device, trust_pickle=trust_pickle)
-    methods = split(method)
+    methods = parse_methods(method)
     lens.explainer(methods, layer)
     lens.parse_targets(target or None)
     summary_path = out / "localize.json"
@@ -202,7 +202,7 @@ def evaluate(
     ) as bar:
         task = bar.add_task("evaluate", total=len(items))
         result = run_evaluation(
-            lens, items, split(method), layer, localization=loc if localization else None, faithful=faith,
+            lens, items, parse_methods(method), layer, localization=loc if localization else None, faithful=faith,
             batch_size=batch_size, examples=examples, per_image=rows, progress=lambda n: bar.advance(task, n),
         )
         result.failed = problems + result.failed + (truth.errors if truth is not None else [])

@@ -1,22 +1,23 @@
-"""Framework-free core: channel weights and maps from activations, gradients and logits.
+"""Framework-free core: methods over what adapters capture, maps, targets.
 
 Everything here works on NumPy arrays laid out as ``(N, C, H, W)``; framework adapters
-(:mod:`camlens.adapters`) capture those arrays from a model and hand them over.
+(:mod:`camlens.adapters`) run the model and hand over a :class:`~camlens.core.record.ForwardPass`.
 """
 
-from camlens.core.capture import Capture
-from camlens.core.maps import normalize, upsample, weighted_sum
-from camlens.core.methods import CAM, GradCAM, GradCAMPlusPlus, Method, get_method, method_names
+from camlens.core.maps import normalize, upsample
+from camlens.core.methods import Method, canonical_name, get_method, method_classes, method_names
+from camlens.core.record import ClassifierHead, ForwardPass, LayerRecord, Need
 
 __all__ = [
-    "CAM",
-    "Capture",
-    "GradCAM",
-    "GradCAMPlusPlus",
+    "ClassifierHead",
+    "ForwardPass",
+    "LayerRecord",
     "Method",
+    "Need",
+    "canonical_name",
     "get_method",
+    "method_classes",
     "method_names",
     "normalize",
     "upsample",
-    "weighted_sum",
 ]

@@ -1,52 +1,67 @@
-"""Running methods over everything an adapter captured for a batch."""
+"""Running methods over one forward pass: the tail every adapter shares."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from camlens.core.capture import Capture
 from camlens.core.methods import Method
+from camlens.core.record import ForwardPass, LayerRecord, Need
+from camlens.core.result import CamResult
 from camlens.errors import MethodError
 
+CHUNK_BYTES = 256 * 2**20
+"""Gradients of at most about this many bytes are held at once: targets go in chunks."""
 
-def compute_maps(
-    methods: Sequence[Method],
-    activations: Mapping[str, np.ndarray],
-    targets: np.ndarray,
-    gradients: Sequence[Mapping[str, np.ndarray]] | None = None,
-    head: tuple[str, np.ndarray, np.ndarray] | None = None,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Maps of every method at every layer for every target column.
+
+def needs_of(methods: Sequence[Method]) -> frozenset[Need]:
+    """Everything the methods need together."""
+    return frozenset().union(*(m.needs for m in methods))
+
+
+def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray) -> CamResult:
+    """Maps of every method at every captured layer for every target column.
+
+    Targets are walked in chunks of columns so that gradients for many targets (``all``
+    classes) never exceed about :data:`CHUNK_BYTES`; the adapter computes gradients (and
+    second-order products) only when a method needs them.
 
     Args:
-        methods: the methods to run.
-        activations: layer -> ``(N, C, h, w)``.
+        fwd: the adapter's forward pass of the batch.
+        methods: the methods to run (already resolved).
         targets: ``(N, K)`` class indices.
-        gradients: one dict per target column ``k``: layer -> ``(N, C, h, w)`` gradient of the
-            column's scores; needed by gradient methods.
-        head: ``(layer, features, weights)`` for class-weight methods (CAM): the ``(N, C, h, w)``
-            maps whose spatial mean the linear classifier receives, and its ``(classes, C)``
-            weight matrix.
 
     Returns:
-        ``maps[method][layer]``: ``(N, K, h, w)``.
+        A :class:`CamResult` with ``maps[method][layer]`` of shape ``(N, K, h, w)``.
     """
-    maps: dict[str, dict[str, np.ndarray]] = {m.name: {} for m in methods}
-    for name, acts in activations.items():
-        per_k: dict[str, list[np.ndarray]] = {m.name: [] for m in methods}
-        for k in range(targets.shape[1]):
-            column = targets[:, k]
-            plain = Capture(acts, column, gradients=gradients[k][name] if gradients else None)
+    needs = needs_of(methods)
+    head = fwd.head if Need.CLASS_WEIGHTS in needs else None
+    if Need.CLASS_WEIGHTS in needs and head is None:
+        raise MethodError("CAM needs the classifier's weights, which the adapter did not find")
+    acts = dict(fwd.activations)
+    chunk = _chunk(acts, targets.shape, needs)
+    parts: dict[str, dict[str, list[np.ndarray]]] = {m.name: {name: [] for name in acts} for m in methods}
+    for start in range(0, targets.shape[1], chunk):
+        cols = np.ascontiguousarray(targets[:, start : start + chunk])
+        hessian = fwd.hessian_products(cols) if Need.HESSIAN in needs else {}  # first: it may keep the gradients
+        grads = fwd.gradients(cols) if Need.GRADIENTS in needs else {}
+        for name, a in acts.items():
+            weights = features = None
+            if head is not None and head.layer == name:
+                weights, features = head.weights[cols], head.features
+            record = LayerRecord(name, a, cols, grads.get(name), hessian.get(name), weights, features)
             for m in methods:
-                if m.needs_class_weights:
-                    if head is None or head[0] != name:
-                        raise MethodError(f"{m.name} needs the classifier's weights at layer {name!r}")
-                    _, features, weights = head
-                    per_k[m.name].append(m(Capture(features, column, class_weights=weights[column])))
-                else:
-                    per_k[m.name].append(m(plain))
-        for m in methods:
-            maps[m.name][name] = np.stack(per_k[m.name], axis=1)
-    return maps
+                if Need.CLASS_WEIGHTS in m.needs and weights is None:
+                    raise MethodError(f"{m.title} needs the classifier's weights at layer {name!r}")
+                parts[m.name][name].append(np.asarray(m.maps(record), dtype=np.float32))
+    maps = {m: {name: np.concatenate(chunks, axis=1) for name, chunks in by_layer.items()} for m, by_layer in parts.items()}
+    return CamResult(logits=fwd.logits, targets=targets, maps=maps, activations=acts)
+
+
+def _chunk(acts: dict[str, np.ndarray], shape: tuple[int, ...], needs: frozenset[Need]) -> int:
+    """Target columns per chunk: all of them unless their gradients would exceed the budget."""
+    if not needs & {Need.GRADIENTS, Need.HESSIAN}:
+        return max(1, shape[1])
+    per_column = sum(a.nbytes for a in acts.values()) * (2 if Need.HESSIAN in needs else 1) * 4
+    return int(max(1, min(shape[1], CHUNK_BYTES // max(per_column, 1))))

@@ -1,22 +1,9 @@
-"""Map arithmetic shared by every method: weighted channel sums, normalisation, resizing."""
+"""Map arithmetic shared by every method: normalisation and resizing."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-
-
-def weighted_sum(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
-    r"""Return :math:`M_n(x, y) = \sum_k w_{n,k} A_{n,k}(x, y)`.
-
-    Args:
-        weights: ``(N, C)`` channel weights.
-        activations: ``(N, C, h, w)`` feature maps.
-
-    Returns:
-        ``(N, h, w)`` float32 maps.
-    """
-    return np.einsum("nc,nchw->nhw", weights.astype(np.float32), activations.astype(np.float32))
 
 
 def normalize(maps: np.ndarray) -> np.ndarray:

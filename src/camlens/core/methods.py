@@ -1,78 +1,181 @@
-"""CAM methods as small classes over :class:`~camlens.core.capture.Capture`.
+"""CAM methods: each a small class that maps a :class:`~camlens.core.record.LayerRecord` to maps.
 
-A method states what it needs from the adapter (``needs_gradients``, ``needs_class_weights``)
-and turns a capture into raw maps at layer resolution. Adding a method is one class here plus
-``@register``; adapters never contain per-method code.
+A method states what it needs (:class:`~camlens.core.record.Need`) and how many backward
+passes it costs per target; the adapter prepares only that. Channel-weighted methods implement
+:meth:`ChannelWeighted.weights`; per-position and projection methods implement
+:meth:`Method.maps`. Adding a method is one class with ``@register`` and its golden test; the
+registry feeds ``camlens methods``, the CLI help, the README table and parametrised tests.
+
+A method instance may also be bound to a model: ``GradCAM(model, layer="layer4")(batch)``
+(PyTorch or Keras; see :func:`camlens.adapters.explainer_for`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from camlens.core.capture import Capture
-from camlens.core.maps import weighted_sum
-from camlens.errors import MethodError
+from camlens.core.record import LayerRecord, Need
+from camlens.errors import CamlensError, MethodError
+
+if TYPE_CHECKING:
+    from camlens.core.result import CamResult
+    from camlens.core.targets import Targets
 
 _REGISTRY: dict[str, type[Method]] = {}
+_ALIASES: dict[str, str] = {}
 
 
 class Method(ABC):
     """A class activation map method.
 
-    Subclasses set ``name`` (the CLI/registry key), ``needs_gradients``, ``needs_class_weights``
-    and ``relu`` (whether the weighted sum is rectified, as the method's paper says), and
-    implement :meth:`weights`.
+    Subclasses set ``name`` (canonical registry key), ``title``, ``paper``, ``formula`` (one
+    line, for listings), ``needs`` and ``backwards`` (backward passes per target beyond the
+    shared forward), optionally ``aliases``, and implement :meth:`maps`.
+
+    Args:
+        model: optional; binds the method to a PyTorch module or Keras model so that calling
+            it explains a batch (``with GradCAM(model, layer="layer4") as cam: cam(batch)``).
+        layer: target layer(s) of the bound model; ``None`` for the automatic choice.
+        output: for a multi-output Keras model, the output to explain.
     """
 
     name: ClassVar[str]
-    needs_gradients: ClassVar[bool] = False
-    needs_class_weights: ClassVar[bool] = False
+    title: ClassVar[str]
+    paper: ClassVar[str]
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    backwards: ClassVar[int] = 0
+    aliases: ClassVar[tuple[str, ...]] = ()
+    formula: ClassVar[str]
+
+    def __init__(self, model: Any = None, layer: Any = None, *, output: int | str | None = None) -> None:
+        self._bound: Any = None
+        if model is not None:
+            from camlens.adapters import explainer_for  # the core imports no framework; adapters do, lazily
+
+            self._bound = explainer_for(model, [self], layer, output=output)
+
+    @abstractmethod
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        """Return ``(N, K, h, w)`` raw maps (layer resolution, not normalised)."""
+
+    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
+        """Explain ``batch`` with the bound model (see :class:`camlens.Explainer`)."""
+        if self._bound is None:
+            raise CamlensError(f"{type(self).__name__}() is not bound to a model; use {type(self).__name__}(model, layer=...)")
+        result: CamResult = self._bound(batch, targets, top=top)
+        return result
+
+    def close(self) -> None:
+        """Drop the bound explainer's references to the model; later calls fail."""
+        if self._bound is not None:
+            self._bound.close()
+
+    def __enter__(self) -> Method:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ChannelWeighted(Method):
+    """Methods of the form ``M = [ReLU](sum_k w_k A_k)``: subclasses give the weights."""
+
     relu: ClassVar[bool] = True
 
     @abstractmethod
-    def weights(self, capture: Capture) -> np.ndarray:
-        """Return ``(N, C)`` channel weights for the capture's targets."""
+    def weights(self, record: LayerRecord) -> np.ndarray:
+        """Return ``(N, K, C)`` channel weights, one row per target."""
 
-    def __call__(self, capture: Capture) -> np.ndarray:
-        """Return ``(N, h, w)`` raw maps: ``sum_k w_k A_k``, rectified when ``relu`` is set."""
-        maps = weighted_sum(self.weights(capture), capture.activations)
-        return np.maximum(maps, 0.0) if self.relu else maps
+    def feature_maps(self, record: LayerRecord) -> np.ndarray:
+        """The ``(N, C, h, w)`` maps the weights apply to: the layer's activations."""
+        return record.activations
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        w = self.weights(record).astype(np.float32)
+        m = np.einsum("nkc,nchw->nkhw", w, self.feature_maps(record).astype(np.float32))
+        return np.maximum(m, 0.0) if self.relu else m
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry under ``cls.name``."""
+    """Class decorator adding a method to the registry under ``cls.name`` and its aliases.
+
+    Raises:
+        MethodError: the name or an alias is already taken (a duplicate fails at import).
+    """
+    keys = [_key(cls.name), *(_key(a) for a in cls.aliases)]
+    for key in keys:
+        if key in _ALIASES:
+            raise MethodError(f"method name {key!r} of {cls.__name__} is already taken by {_ALIASES[key]!r}")
     _REGISTRY[cls.name] = cls
+    _ALIASES.update(dict.fromkeys(keys, cls.name))
     return cls
 
 
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
 def method_names() -> list[str]:
-    """Names of all registered methods, in registration order."""
+    """Canonical names of all registered methods, in registration order."""
     return list(_REGISTRY)
 
 
+def method_classes() -> list[type[Method]]:
+    """All registered method classes, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def canonical_name(name: str) -> str:
+    """The registry name for ``name`` or an alias, any case, ``-``/``_``/spaces ignored
+    (``Grad-CAM``, ``GradCAM`` and ``grad_cam`` are ``gradcam``).
+
+    Raises:
+        MethodError: unknown name (with close names).
+    """
+    key = _key(name)
+    if key not in _ALIASES:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(_ALIASES), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(dict.fromkeys(_ALIASES[c] for c in close))}?" if close else ""
+        raise MethodError(f"unknown method {name!r}{hint} (choose from {', '.join(_REGISTRY)})")
+    return _ALIASES[key]
+
+
 def get_method(name: str) -> Method:
-    """Instantiate a registered method by name (case-insensitive; ``grad-cam`` == ``gradcam``)."""
-    key = name.strip().lower().replace("-", "").replace("_", "")
-    aliases = {m.replace("-", "").replace("_", ""): m for m in _REGISTRY}
-    if key not in aliases:
-        raise MethodError(f"unknown method {name!r}; choose from {', '.join(_REGISTRY)}")
-    return _REGISTRY[aliases[key]]()
+    """A new instance of the registered method ``name`` (see :func:`canonical_name`)."""
+    return _REGISTRY[canonical_name(name)]()
 
 
 def methods_from(spec: str | Method | Sequence[str | Method]) -> list[Method]:
-    """Methods from a name, an instance, or a sequence of those.
+    """Methods from a name, an instance, or a sequence of those (names may be comma-separated);
+    a method named twice is kept once.
 
     Raises:
-        MethodError: an unknown name, or an empty sequence.
+        MethodError: an unknown name, or nothing given.
     """
     items = [spec] if isinstance(spec, (str, Method)) else list(spec)
-    if not items:
+    out: dict[str, Method] = {}
+    for item in items:
+        if isinstance(item, Method):
+            out.setdefault(item.name, item)
+            continue
+        if not isinstance(item, str):
+            raise MethodError(f"a method is a name or a camlens Method, not {type(item).__name__}")
+        for part in item.split(","):
+            if part.strip():
+                method = get_method(part)
+                out.setdefault(method.name, method)
+    if not out:
         raise MethodError("no method given")
-    return [get_method(m) if isinstance(m, str) else m for m in items]
+    return list(out.values())
 
 
 def _require(array: np.ndarray | None, what: str, method: str) -> np.ndarray:
@@ -81,8 +184,12 @@ def _require(array: np.ndarray | None, what: str, method: str) -> np.ndarray:
     return array
 
 
+def _grads(record: LayerRecord, method: str) -> np.ndarray:
+    return _require(record.gradients, "gradients", method).astype(np.float64)
+
+
 @register
-class CAM(Method):
+class CAM(ChannelWeighted):
     r"""Class Activation Mapping (Zhou et al., CVPR 2016, "Learning Deep Features for
     Discriminative Localization", arXiv:1512.04150).
 
@@ -95,15 +202,21 @@ class CAM(Method):
     """
 
     name = "cam"
-    needs_class_weights = True
+    formula = "sum_k w^c_k A_k, w^c the classifier row (not rectified)"
+    title = "CAM"
+    paper = "Zhou et al., CVPR 2016"
+    needs = frozenset({Need.CLASS_WEIGHTS})
     relu = False
 
-    def weights(self, capture: Capture) -> np.ndarray:
-        return _require(capture.class_weights, "the classifier's class weights", "CAM")
+    def weights(self, record: LayerRecord) -> np.ndarray:
+        return _require(record.class_weights, "the classifier's class weights", "CAM")
+
+    def feature_maps(self, record: LayerRecord) -> np.ndarray:
+        return record.features if record.features is not None else record.activations
 
 
 @register
-class GradCAM(Method):
+class GradCAM(ChannelWeighted):
     r"""Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391).
 
     .. math::
@@ -114,15 +227,26 @@ class GradCAM(Method):
     """
 
     name = "gradcam"
-    needs_gradients = True
+    formula = "ReLU(sum_k mean_xy(g_k) A_k)"
+    title = "Grad-CAM"
+    paper = "Selvaraju et al., ICCV 2017"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
 
-    def weights(self, capture: Capture) -> np.ndarray:
-        grads = _require(capture.gradients, "gradients", "Grad-CAM")
-        return grads.mean(axis=(2, 3))
+    def weights(self, record: LayerRecord) -> np.ndarray:
+        return _grads(record, "Grad-CAM").mean(axis=(3, 4))
+
+
+def _plusplus_alpha(g: np.ndarray, a: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """Eq. 19's :math:`g^2 / (2 g^2 + \\sum_{ab} A_{ab} g^3)` (+ ``eps``), 0 where ``g`` is 0."""
+    g2 = g * g
+    denom = 2.0 * g2 + a.sum(axis=(-2, -1), keepdims=True)[:, None] * g2 * g + eps
+    safe = np.where(denom != 0.0, denom, 1.0)
+    return np.where((g != 0.0) & (denom != 0.0), g2 / safe, 0.0)
 
 
 @register
-class GradCAMPlusPlus(Method):
+class GradCAMPlusPlus(ChannelWeighted):
     r"""Grad-CAM++ (Chattopadhay et al., WACV 2018, arXiv:1710.11063), Eq. 19 with the
     exponential score :math:`Y^c = \exp(y^c)`.
 
@@ -137,17 +261,308 @@ class GradCAMPlusPlus(Method):
 
     :math:`\alpha` is 0 where the gradient (hence numerator and denominator) is 0. The remaining
     positive factor :math:`\exp(y^c)` of :math:`\partial Y^c/\partial A` scales every weight of a
-    sample alike and is dropped, as in the authors' code, so maps stay finite for large logits.
+    sample alike and is dropped, so maps stay finite for large logits. No ``eps``: see
+    ``gradcam++-pgc`` for pytorch-grad-cam's form and ``gradcam++-authors`` for the authors' code.
     """
 
     name = "gradcam++"
-    needs_gradients = True
+    formula = "ReLU(sum_k w_k A_k), w_k = sum_ij alpha_ij ReLU(g_ij), alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)"
+    title = "Grad-CAM++"
+    paper = "Chattopadhay et al., WACV 2018 (Eq. 19)"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
+    aliases = ("gradcampp", "gradcamplusplus")
 
-    def weights(self, capture: Capture) -> np.ndarray:
-        g = _require(capture.gradients, "gradients", "Grad-CAM++").astype(np.float64)
-        a = capture.activations.astype(np.float64)
-        g2 = g * g
-        denom = 2.0 * g2 + a.sum(axis=(2, 3), keepdims=True) * g2 * g
-        safe = np.where(denom != 0.0, denom, 1.0)
-        alpha = np.where((g != 0.0) & (denom != 0.0), g2 / safe, 0.0)
-        return (alpha * np.maximum(g, 0.0)).sum(axis=(2, 3)).astype(np.float32)
+    def weights(self, record: LayerRecord) -> np.ndarray:
+        g = _grads(record, "Grad-CAM++")
+        alpha = _plusplus_alpha(g, record.activations.astype(np.float64))
+        return (alpha * np.maximum(g, 0.0)).sum(axis=(3, 4))
+
+
+@register
+class GradCAMPlusPlusAuthors(ChannelWeighted):
+    r"""Grad-CAM++ as the authors' code computes it (adityac94/Grad_CAM_plus_plus,
+    ``misc/utils.py``, since its May 2018 "improved heatmap generation" commit).
+
+    :math:`\alpha` as in Eq. 19 (a zero denominator replaced by 1), then normalised per channel
+    over the positions with a positive gradient, so each weight is an :math:`\alpha`-weighted
+    mean of the positive gradients:
+
+    .. math::
+        w^c_k = \frac{\sum_{ij} \alpha^{kc}_{ij} \mathrm{ReLU}(g_{ij})}{\sum_{ij: g_{ij} > 0} \alpha^{kc}_{ij}},
+        \qquad M^c = \mathrm{ReLU}\Big(\sum_k w^c_k A_k\Big)
+
+    The code's global factor :math:`\exp(y^c)` (which overflows float32 above about 88) is
+    dropped, as it cancels in any normalised map; the code's final ``/max`` is display scaling.
+    """
+
+    name = "gradcam++-authors"
+    formula = "as gradcam++, alpha renormalised per channel over positions with g > 0"
+    title = "Grad-CAM++ (authors' code)"
+    paper = "Chattopadhay et al., WACV 2018; adityac94/Grad_CAM_plus_plus"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
+    aliases = ("gradcam++-code",)
+
+    def weights(self, record: LayerRecord) -> np.ndarray:
+        g = _grads(record, "Grad-CAM++ (authors)")
+        alpha = _plusplus_alpha(g, record.activations.astype(np.float64))
+        positive = np.maximum(g, 0.0)
+        norm = np.where(positive != 0.0, alpha, 0.0).sum(axis=(3, 4), keepdims=True)
+        alpha = alpha / np.where(norm != 0.0, norm, 1.0)
+        return (alpha * positive).sum(axis=(3, 4))
+
+
+@register
+class GradCAMPlusPlusPGC(ChannelWeighted):
+    r"""Grad-CAM++ as pytorch-grad-cam computes it (``GradCAMPlusPlus``, grad-cam 1.5):
+    Eq. 19 with :math:`\epsilon = 10^{-6}` added to :math:`\alpha`'s denominator,
+
+    .. math:: \alpha_{ij} = \frac{g_{ij}^2}{2 g_{ij}^2 + \sum_{ab} A_{ab}\, g_{ij}^3 + 10^{-6}}
+
+    For small gradients (a few 1e-4, common at the last layer) the :math:`\epsilon` dominates
+    and the weights drift towards :math:`\sum \mathrm{ReLU}(g)^3`; use it to reproduce that
+    library's numbers, ``gradcam++`` for the paper's.
+    """
+
+    name = "gradcam++-pgc"
+    formula = "as gradcam++, with 1e-6 added to alpha's denominator"
+    title = "Grad-CAM++ (pytorch-grad-cam, eps 1e-6)"
+    paper = "Chattopadhay et al., WACV 2018; jacobgil/pytorch-grad-cam"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
+    aliases = ("gradcam++-pytorch-grad-cam", "gradcam++-eps")
+    eps: ClassVar[float] = 1e-6
+
+    def weights(self, record: LayerRecord) -> np.ndarray:
+        g = _grads(record, "Grad-CAM++ (pytorch-grad-cam)")
+        alpha = _plusplus_alpha(g, record.activations.astype(np.float64), self.eps)
+        return (alpha * np.maximum(g, 0.0)).sum(axis=(3, 4))
+
+
+@register
+class XGradCAM(ChannelWeighted):
+    r"""XGrad-CAM (Fu et al., BMVC 2020, "Axiom-based Grad-CAM", arXiv:2008.02312).
+
+    .. math::
+        w^c_k = \sum_{x,y} \frac{A_k(x, y)}{\sum_{a,b} A_k(a, b)} \frac{\partial y^c}{\partial A_k(x, y)},
+        \qquad M^c = \mathrm{ReLU}\Big(\sum_k w^c_k A_k\Big)
+
+    A channel whose activations sum to 0 gets weight 0 (no ``eps``).
+    """
+
+    name = "xgradcam"
+    formula = "ReLU(sum_k w_k A_k), w_k = sum_xy A_k g_k / sum_xy A_k"
+    title = "XGrad-CAM"
+    paper = "Fu et al., BMVC 2020"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
+
+    def weights(self, record: LayerRecord) -> np.ndarray:
+        g = _grads(record, "XGrad-CAM")
+        a = record.activations.astype(np.float64)[:, None]
+        total = a.sum(axis=(3, 4))
+        return np.where(total != 0.0, (g * a).sum(axis=(3, 4)) / np.where(total != 0.0, total, 1.0), 0.0)
+
+
+@register
+class HiResCAM(Method):
+    r"""HiResCAM (Draelos & Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful
+    explanations of convolutional neural networks", arXiv:2011.08891).
+
+    .. math:: M^c(x, y) = \sum_k \frac{\partial y^c}{\partial A_k(x, y)} A_k(x, y)
+
+    Not rectified, as in the paper: for a global-average-pooling -> linear head it equals CAM
+    divided by :math:`hw` exactly (the paper's Theorem), sign included. pytorch-grad-cam
+    rectifies it.
+    """
+
+    name = "hirescam"
+    formula = "sum_k g_k * A_k (element-wise; not rectified)"
+    title = "HiResCAM"
+    paper = "Draelos & Carin, arXiv:2011.08891, 2020"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        g = _grads(record, "HiResCAM")
+        return (g * record.activations.astype(np.float64)[:, None]).sum(axis=2).astype(np.float32)
+
+
+@register
+class GradCAMElementWise(Method):
+    r"""Element-wise Grad-CAM (pytorch-grad-cam's ``GradCAMElementWise``; no paper): the
+    gradient-activation product rectified per channel before the channel sum,
+
+    .. math:: M^c(x, y) = \sum_k \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A_k(x, y)} A_k(x, y)\Big)
+    """
+
+    name = "gradcam-elementwise"
+    formula = "sum_k ReLU(g_k * A_k)"
+    title = "Element-wise Grad-CAM"
+    paper = "jacobgil/pytorch-grad-cam (no paper)"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
+    aliases = ("elementwise-gradcam",)
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        g = _grads(record, "Element-wise Grad-CAM")
+        return np.maximum(g * record.activations.astype(np.float64)[:, None], 0.0).sum(axis=2).astype(np.float32)
+
+
+@register
+class LayerCAM(Method):
+    r"""Layer-CAM (Jiang et al., IEEE TIP 2021, "LayerCAM: Exploring Hierarchical Class
+    Activation Maps for Localization"): each position weighted by its own positive gradient,
+
+    .. math:: M^c(x, y) = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A_k(x, y)}\Big) A_k(x, y)\Big)
+
+    The paper's ``tanh`` rescaling of shallow layers is a fusion step (see
+    :func:`camlens.core.fusion.fuse`), not part of each layer's map.
+    """
+
+    name = "layercam"
+    formula = "ReLU(sum_k ReLU(g_k) * A_k)"
+    title = "Layer-CAM"
+    paper = "Jiang et al., IEEE TIP 2021"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        g = _grads(record, "Layer-CAM")
+        m = (np.maximum(g, 0.0) * record.activations.astype(np.float64)[:, None]).sum(axis=2)
+        return np.maximum(m, 0.0).astype(np.float32)
+
+
+@register
+class ShapleyCAM(ChannelWeighted):
+    r"""Shapley-CAM (Cai 2025, "CAMs as Shapley Value-based Explainers", arXiv:2501.06261):
+    Grad-CAM's weights with the second-order term of the Taylor expansion of the score,
+
+    .. math::
+        w^c_k = \frac{1}{hw} \sum_{x,y} \Big(g - \tfrac12 H A\Big)_k(x, y), \qquad
+        M^c = \mathrm{ReLU}\Big(\sum_k w^c_k A_k\Big)
+
+    with :math:`g = \partial y^c / \partial A` and :math:`H = \partial^2 y^c / \partial A^2`.
+    Where the network after the layer is piecewise linear, :math:`HA = 0` and it equals Grad-CAM.
+    """
+
+    name = "shapleycam"
+    formula = "ReLU(sum_k w_k A_k), w_k = mean_xy(g - H A / 2)_k"
+    title = "Shapley-CAM"
+    paper = "Cai, arXiv:2501.06261, 2025"
+    needs = frozenset({Need.GRADIENTS, Need.HESSIAN})
+    backwards = 2
+
+    def weights(self, record: LayerRecord) -> np.ndarray:
+        g = _grads(record, "Shapley-CAM")
+        ha = _require(record.hessian_products, "second-order gradients", "Shapley-CAM").astype(np.float64)
+        return (g - 0.5 * ha).mean(axis=(3, 4))
+
+
+def principal_projection(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Projection of each position onto the first principal component of ``rows``.
+
+    Args:
+        rows: ``(P, C)``: positions x channels, centred per channel here.
+        reference: ``(P,)`` a map the projection is made to agree with in sign.
+
+    The SVD's sign is arbitrary (pytorch-grad-cam issues #315, #364), so it is fixed: the
+    projection is flipped when its dot product with ``reference`` is negative (for a zero dot
+    product, when its largest-magnitude entry is negative).
+    """
+    centred = rows - rows.mean(axis=0, keepdims=True)
+    if not np.any(centred):
+        return np.zeros(rows.shape[0])
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return _oriented(centred @ vt[0], reference)
+
+
+def _oriented(projection: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    dot = float(projection @ reference)
+    if dot == 0.0:
+        dot = float(projection[np.argmax(np.abs(projection))])
+    return projection if dot >= 0 else -projection
+
+
+def _per_image_projection(stack: np.ndarray, reference: np.ndarray, project: Any) -> np.ndarray:
+    """``project(rows, ref)`` over every ``(C, h, w)`` of ``stack`` ``(N, K, C, h, w)``."""
+    n, k, c, h, w = stack.shape
+    out = np.empty((n, k, h, w), dtype=np.float32)
+    for i in range(n):
+        for j in range(k):
+            rows = stack[i, j].reshape(c, h * w).T
+            out[i, j] = project(rows, reference[i, j].reshape(-1)).reshape(h, w)
+    return np.maximum(out, 0.0)
+
+
+@register
+class EigenCAM(Method):
+    r"""Eigen-CAM (Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299): the projection of the
+    layer's activations on their first principal component; class-agnostic, no gradients.
+
+    With :math:`R` the ``(hw, C)`` matrix of positions x channels centred per channel (as
+    pytorch-grad-cam does) and :math:`v_1` its first right singular vector,
+    :math:`M = \mathrm{ReLU}(R v_1)`. The sign of :math:`v_1` is fixed so that the projection
+    agrees with the channel mean of :math:`A` (see :func:`principal_projection`); every target
+    of an image gets the same map.
+    """
+
+    name = "eigencam"
+    formula = "ReLU(first principal component of A), sign fixed; class-agnostic"
+    title = "Eigen-CAM"
+    paper = "Muhammad & Yeasin, IJCNN 2020"
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        a = record.activations.astype(np.float64)[:, None]
+        one = _per_image_projection(a, a.mean(axis=2), principal_projection)
+        return np.repeat(one, record.targets.shape[1], axis=1)
+
+
+@register
+class EigenGradCAM(Method):
+    r"""Eigen-Grad-CAM (pytorch-grad-cam's ``EigenGradCAM``): Eigen-CAM of the class-specific
+    products :math:`g \odot A` (:math:`g = \partial y^c / \partial A`), so each target has its
+    own map; the sign agrees with the channel sum of :math:`g \odot A` (HiResCAM's map)."""
+
+    name = "eigengradcam"
+    formula = "ReLU(first principal component of g * A), sign fixed"
+    title = "Eigen-Grad-CAM"
+    paper = "jacobgil/pytorch-grad-cam, after Muhammad & Yeasin 2020"
+    needs = frozenset({Need.GRADIENTS})
+    backwards = 1
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        product = _grads(record, "Eigen-Grad-CAM") * record.activations.astype(np.float64)[:, None]
+        return _per_image_projection(product, product.sum(axis=2), principal_projection)
+
+
+@register
+class KPCACAM(Method):
+    r"""KPCA-CAM (Karmani et al., arXiv:2410.00267, 2024): Eigen-CAM with kernel PCA.
+
+    The ``(hw, C)`` activations, centred per channel, are projected on the first component of
+    scikit-learn's ``KernelPCA`` (sigmoid kernel :math:`\tanh(\gamma \langle x, y\rangle + 1)`,
+    :math:`\gamma = 1/C`, as pytorch-grad-cam's ``KPCA_CAM``); :math:`M = \mathrm{ReLU}` of it,
+    the sign fixed against the channel mean of :math:`A` as for Eigen-CAM.
+    """
+
+    name = "kpcacam"
+    formula = "ReLU(first kernel-PCA component of A, sigmoid kernel), sign fixed"
+    title = "KPCA-CAM"
+    paper = "Karmani et al., arXiv:2410.00267, 2024"
+    kernel: ClassVar[str] = "sigmoid"
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        a = record.activations.astype(np.float64)[:, None]
+        one = _per_image_projection(a, a.mean(axis=2), self._project)
+        return np.repeat(one, record.targets.shape[1], axis=1)
+
+    def _project(self, rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        from sklearn.decomposition import KernelPCA
+
+        centred = rows - rows.mean(axis=0, keepdims=True)
+        if not np.any(centred):
+            return np.zeros(rows.shape[0])
+        kpca = KernelPCA(n_components=1, kernel=self.kernel, gamma=1.0 / rows.shape[1], random_state=0)
+        return _oriented(kpca.fit_transform(centred)[:, 0], reference)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from camlens.core.maps import normalize, upsample
+from camlens.core.methods import Method, methods_from
 from camlens.core.scores import softmax
 from camlens.errors import CamlensError, ImageError, TargetError
 from camlens.evaluation import faithfulness
@@ -182,7 +183,7 @@ def _same_class(lens: Lens, name: str, label: int) -> bool:
 def evaluate(
     lens: Lens,
     items: Sequence[Item],
-    methods: Sequence[str],
+    methods: str | Method | Sequence[str | Method],
     layer: str | None = None,
     *,
     localization: LocalizationProtocol | None = DEFAULT_LOCALIZATION,
@@ -192,8 +193,9 @@ def evaluate(
     per_image: IO[str] | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> EvalResult:
-    """Score ``methods`` on ``items``, ``batch_size`` images at a time; keep ``examples`` images,
-    spread evenly over ``items``, for the report.
+    """Score ``methods`` (names, any alias, or :class:`~camlens.core.methods.Method` objects;
+    results are keyed by canonical name) on ``items``, ``batch_size`` images at a time; keep
+    ``examples`` images, spread evenly over ``items``, for the report.
 
     Localization uses each image's true-class map (images without a class or boxes are skipped
     for it); faithfulness uses the predicted class's map (Grad-CAM++ and RISE papers), at the
@@ -203,9 +205,11 @@ def evaluate(
         raise CamlensError("no method to evaluate")
     if batch_size < 1:
         raise CamlensError("batch size must be at least 1")
-    explainer = lens.explainer(list(methods), layer)
+    resolved = methods_from(methods)
+    names = [m.name for m in resolved]
+    explainer = lens.explainer(resolved, layer)
     prep = lens.loaded.preprocessing
-    scores = {m: _MethodScores(localization or LocalizationProtocol()) for m in methods}
+    scores = {m: _MethodScores(localization or LocalizationProtocol()) for m in names}
     writer = csv.writer(per_image) if per_image is not None else None
     if writer is not None:
         writer.writerow(["image", "label", "predicted", "probability", "method", "iou", "pointing_hit",
@@ -243,7 +247,7 @@ def evaluate(
             correct += sum(int(t == p) for t, p in zip(truth, pred, strict=True) if t is not None)
             labelled += sum(t is not None for t in truth)
             rows: dict[tuple[int, str], list[object]] = {}
-            for m in methods:
+            for m in names:
                 maps = result.maps[m]
                 layer_name = next(iter(maps))
                 raw = maps[layer_name]
@@ -266,7 +270,7 @@ def evaluate(
                 if faithful is not None:
                     fractions = _faithfulness(predict, x, raw[:, 1], pred, prep.layout, faithful, scores[m], rows, m)
             for i, (item, _) in enumerate(loaded):
-                for m in methods:
+                for m in names:
                     if writer is not None:
                         label = "" if item.label is None else lens.labels[item.label]
                         top = lens.labels[int(pred[i])]
@@ -276,7 +280,7 @@ def evaluate(
     if not seen:
         raise CamlensError("no image could be read")
     return EvalResult(
-        methods=list(methods),
+        methods=names,
         layer=layer_name,
         images=seen,
         accuracy=100.0 * correct / labelled if labelled else None,

@@ -64,12 +64,12 @@ def _replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
 def check_gap_head(model: nn.Module, arch: str, prep: Preprocessing) -> None:
     """Run CAM once on a blank input of the training size: raises when the model's classifier is
     not GAP -> linear, or when at that size its last feature maps have a single position."""
-    from camlens.adapters.pytorch.extractor import Explainer
+    from camlens.adapters.pytorch.extractor import TorchExplainer
     from camlens.errors import MethodError
 
     def cam_runs(h: int, w: int) -> bool:
         try:
-            with Explainer(model, "cam") as cam:
+            with TorchExplainer(model, "cam") as cam:
                 cam(torch.zeros(1, 3, h, w), 0)
         except MethodError:
             return False

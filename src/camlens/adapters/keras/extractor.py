@@ -10,9 +10,10 @@ import numpy as np
 from camlens.adapters.keras import routes
 from camlens.adapters.keras.graph import LayerPath, auto_layer, name_of, output_shape, resolve
 from camlens.adapters.keras.head import Head, find_head
-from camlens.core.compute import compute_maps
+from camlens.core.compute import needs_of, run
 from camlens.core.head import check_cam_layers, no_head, pooled_features
 from camlens.core.methods import Method, methods_from
+from camlens.core.record import ClassifierHead, Need
 from camlens.core.result import CamResult
 from camlens.core.targets import Targets, resolve_targets
 from camlens.errors import CamlensError
@@ -43,11 +44,12 @@ class KerasExplainer:
         output: int | str | None = None,
     ) -> None:
         self.methods: list[Method] = methods_from(method)
+        self._needs = needs_of(self.methods)
         specs = [layer] if layer is None or isinstance(layer, str) or not isinstance(layer, Sequence) else list(layer)
-        self.model = model
+        self.model: Any = model
         self.head: Head = find_head(model, output)
         self.paths: list[LayerPath] = [auto_layer(model) if s is None else resolve(model, s) for s in specs]
-        if any(m.needs_class_weights for m in self.methods):
+        if Need.CLASS_WEIGHTS in self._needs:
             self._check_cam_layers()
 
     def _check_cam_layers(self) -> None:
@@ -62,28 +64,28 @@ class KerasExplainer:
 
     def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
         """Explain ``batch`` (``(N, H, W, C)``, already preprocessed)."""
+        if self.model is None:
+            raise CamlensError("this explainer is closed")
         if np.ndim(batch) != 4:
             raise CamlensError("expected a batch of shape (N, H, W, C)")
-        needs_grads = any(m.needs_gradients for m in self.methods)
-        got = routes.capture(
-            self.model, batch, self.paths, self.head, lambda logits: resolve_targets(targets, logits, top), needs_grads
-        )
-        acts = {name_of(p): _channels_first(a) for p, a in got.activations.items()}
-        grads = None
-        if got.gradients is not None:
-            grads = [{name_of(p): _channels_first(g) for p, g in column.items()} for column in got.gradients]
-        head = None
-        if any(m.needs_class_weights for m in self.methods):
+        second = Need.HESSIAN in self._needs
+        grads = bool(self._needs & {Need.GRADIENTS, Need.HESSIAN})
+        fwd = routes.forward_pass(self.model, batch, self.paths, self.head, grads, second)
+        if Need.CLASS_WEIGHTS in self._needs:
             name = name_of(self.paths[0])
-            head = (name, pooled_features(acts[name], got.head_input, name), self.head.class_weights())
-        maps = compute_maps(self.methods, acts, got.targets, grads, head)
-        return CamResult(logits=got.logits, targets=got.targets, maps=maps, activations=acts)
+            features = pooled_features(fwd.activations[name], fwd.head_input, name)
+            fwd.head = ClassifierHead(name, features, self.head.class_weights())
+        return run(fwd, self.methods, resolve_targets(targets, fwd.logits, top))
+
+    def close(self) -> None:
+        """Drop the reference to the model."""
+        self.model = None
 
     def __enter__(self) -> KerasExplainer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.model = None
+        self.close()
 
 
 def feature_maps(
@@ -92,8 +94,8 @@ def feature_maps(
     """Activations ``(N, C, h, w)`` of one layer (automatic when None), no gradients."""
     path = auto_layer(model) if layer is None else resolve(model, layer)
     head = find_head(model, output if output is not None or len(model.outputs) == 1 else 0)
-    got = routes.capture(model, batch, [path], head, lambda logits: resolve_targets(None, logits), False)
-    return name_of(path), _channels_first(got.activations[path])
+    fwd = routes.forward_pass(model, batch, [path], head, with_gradients=False)
+    return name_of(path), fwd.activations[name_of(path)]
 
 
 def layer_table(model: Any) -> list[tuple[str, str, tuple[int | None, ...] | None]]:
@@ -101,10 +103,6 @@ def layer_table(model: Any) -> list[tuple[str, str, tuple[int | None, ...] | Non
     from camlens.adapters.keras.graph import walk
 
     return [(name_of(p), type(layer).__name__, output_shape(layer)) for p, layer in walk(model)]
-
-
-def _channels_first(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2)))
 
 
 __all__ = ["KerasExplainer", "feature_maps", "layer_table"]

@@ -6,51 +6,81 @@ target scores with respect to them, by each backend's own route:
   ``torch.autograd.grad`` is taken with respect to those only (no parameter ``.grad`` filled).
 * JAX: the same zero offsets are the arguments of ``jax.vjp``; one VJP call per target column.
 
-Targets are chosen from the logits between the forward and the backward passes, so top-k
-targets cost no second forward.
+Second-order products (:math:`H A`, for Shapley-CAM) come from nested tapes (TensorFlow),
+``create_graph`` (PyTorch) and a JVP of the gradient (JAX). Targets are chosen from the logits
+between the forward and the backward passes, so top-k targets cost no second forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
-from camlens.adapters.keras.graph import LayerPath, descend_set, run
+from camlens.adapters.keras.graph import LayerPath, descend_set, name_of, run
 from camlens.adapters.keras.head import Head, _kind, pre_activation, scores
+from camlens.core.record import ClassifierHead
 from camlens.errors import MethodError
 
-ChooseTargets = Callable[[np.ndarray], np.ndarray]
+Columns = Callable[[np.ndarray], list[dict[LayerPath, np.ndarray]]]
+PairColumns = Callable[[np.ndarray], list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]]
 
 
-@dataclass
-class Captured:
-    """NumPy results of one pass; arrays are channels-last as Keras produced them."""
+class KerasPass:
+    """A :class:`~camlens.core.record.ForwardPass` over one Keras forward: arrays handed to the
+    core channels-first, keyed by layer name."""
 
-    logits: np.ndarray
-    activations: dict[LayerPath, np.ndarray]
-    targets: np.ndarray
-    gradients: list[dict[LayerPath, np.ndarray]] | None
-    head_input: np.ndarray | None
+    def __init__(
+        self,
+        logits: np.ndarray,
+        activations: dict[LayerPath, np.ndarray],
+        head_input: np.ndarray | None,
+        grads: Columns | None = None,
+        hvps: PairColumns | None = None,
+    ) -> None:
+        self.logits = logits
+        self.paths = list(activations)
+        self.activations = {name_of(p): channels_first(a) for p, a in activations.items()}
+        self.head_input = head_input
+        self.head: ClassifierHead | None = None
+        self._grads, self._hvps = grads, hvps
+        self._kept: tuple[bytes, dict[str, np.ndarray]] | None = None  # gradients of the last second-order pass
+
+    def gradients(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        if self._kept is not None and self._kept[0] == targets.tobytes() + bytes(str(targets.shape), "ascii"):
+            return self._kept[1]
+        if self._grads is None:
+            raise MethodError("gradients were not recorded for this pass")
+        return self._stack(self._grads(targets))
+
+    def hessian_products(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """:math:`H A` per layer; the gradients taken on the way are kept for :meth:`gradients`."""
+        if self._hvps is None:
+            raise MethodError("second-order gradients were not recorded for this pass")
+        pairs = self._hvps(targets)
+        self._kept = (targets.tobytes() + bytes(str(targets.shape), "ascii"), self._stack([g for g, _ in pairs]))
+        return self._stack([h for _, h in pairs])
+
+    def _stack(self, columns: list[dict[LayerPath, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {name_of(p): np.stack([channels_first(c[p]) for c in columns], axis=1) for p in self.paths}
 
 
-def capture(
-    model: Any,
-    batch: np.ndarray,
-    paths: Sequence[LayerPath],
-    head: Head,
-    choose: ChooseTargets,
-    with_gradients: bool,
-) -> Captured:
-    """Run the model once and return logits, activations, targets and (optionally) gradients."""
+def channels_first(a: np.ndarray) -> np.ndarray:
+    """``(N, h, w, C)`` -> ``(N, C, h, w)``."""
+    return np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2)))
+
+
+def forward_pass(
+    model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head, with_gradients: bool, second_order: bool = False
+) -> KerasPass:
+    """Run the model once, recording what gradients (and second-order products) need."""
     backend = keras.backend.backend()
     route = {"tensorflow": _tensorflow, "torch": _torch, "jax": _jax}.get(backend)
     if route is None:
         raise MethodError(f"Keras backend {backend!r} cannot give gradients; use tensorflow, jax or torch")
-    return route(model, batch, list(paths), head, choose, with_gradients)
+    return route(model, batch, list(paths), head, with_gradients, second_order)
 
 
 def _forward(
@@ -86,33 +116,62 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
 
 
-def _tensorflow(model, batch, paths, head, choose, with_gradients) -> Captured:  # type: ignore[no-untyped-def]
+def _tensorflow(model, batch, paths, head, with_gradients, second_order) -> KerasPass:  # type: ignore[no-untyped-def]
+    import contextlib
+
     import tensorflow as tf
 
     captured: dict[LayerPath, Any] = {}
     tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
-    with tape:
+    outer = tf.GradientTape(persistent=True, watch_accessed_variables=False) if second_order else None
 
-        def record(path: LayerPath, out: Any) -> Any:
-            tape.watch(out)
-            captured[path] = out
-            return out
+    def recording() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if outer is not None:
+            stack.enter_context(outer)
+        stack.enter_context(tape)
+        return stack
 
+    def record(path: LayerPath, out: Any) -> Any:
+        tape.watch(out)
+        if outer is not None:
+            outer.watch(out)
+        captured[path] = out
+        return out
+
+    with recording():
         logits, head_inputs = _forward(model, batch, paths, head, record)
-        logits_np = _numpy(logits)
-        targets = choose(logits_np)
-        # the scores must be computed while the tape records
-        column_scores = [tf.reduce_sum(tf.gather(logits, targets[:, k], axis=1, batch_dims=1)) for k in range(targets.shape[1])]
-    grads = None
-    if with_gradients:
-        grads = []
-        for score in column_scores:
-            values = tape.gradient(score, [captured[p] for p in paths])
-            grads.append({p: _numpy(g) for p, g in zip(paths, values, strict=True)})
-    return Captured(logits_np, {p: _numpy(a) for p, a in captured.items()}, targets, grads, _last(head_inputs))
+    xs = [captured[p] for p in paths]
+
+    def score(targets: np.ndarray, k: int) -> Any:
+        return tf.reduce_sum(tf.gather(logits, targets[:, k], axis=1, batch_dims=1))
+
+    def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
+        out = []
+        for k in range(targets.shape[1]):
+            with tape:  # a persistent tape records the score too
+                s = score(targets, k)
+            out.append({p: _numpy(g) for p, g in zip(paths, tape.gradient(s, xs), strict=True)})
+        return out
+
+    def hvps(targets: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
+        assert outer is not None
+        out = []
+        for k in range(targets.shape[1]):
+            with recording():
+                g = tape.gradient(score(targets, k), xs)
+            column = {}
+            for p, gj, x in zip(paths, g, xs, strict=True):
+                hx = outer.gradient(gj, x, output_gradients=x)
+                column[p] = _numpy(hx) if hx is not None else np.zeros(x.shape, np.float32)
+            out.append(({p: _numpy(gj) for p, gj in zip(paths, g, strict=True)}, column))
+        return out
+
+    return KerasPass(_numpy(logits), {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs),
+                     grads if with_gradients else None, hvps if second_order else None)
 
 
-def _torch(model, batch, paths, head, choose, with_gradients) -> Captured:  # type: ignore[no-untyped-def]
+def _torch(model, batch, paths, head, with_gradients, second_order) -> KerasPass:  # type: ignore[no-untyped-def]
     import torch
 
     captured: dict[LayerPath, Any] = {}
@@ -127,22 +186,39 @@ def _torch(model, batch, paths, head, choose, with_gradients) -> Captured:  # ty
 
     with torch.inference_mode(False), torch.set_grad_enabled(with_gradients):
         logits, head_inputs = _forward(model, batch, paths, head, record)
-        logits_np = _numpy(logits.detach())
-        targets = choose(logits_np)
-        grads = None
-        if with_gradients:
-            grads = []
-            index = torch.as_tensor(targets, device=logits.device)
+    xs: list[Any] = [offsets.get(p) for p in paths]
+
+    def score(targets: np.ndarray, k: int) -> Any:
+        index = torch.as_tensor(targets[:, k : k + 1], device=logits.device)
+        return logits.gather(1, index).sum()
+
+    def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
+        with torch.inference_mode(False), torch.enable_grad():
+            return [
+                {p: _numpy(g) for p, g in zip(paths, torch.autograd.grad(score(targets, k), xs, retain_graph=True), strict=True)}
+                for k in range(targets.shape[1])
+            ]
+
+    def hvps(targets: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
+        out = []
+        with torch.inference_mode(False), torch.enable_grad():
             for k in range(targets.shape[1]):
-                score = logits.gather(1, index[:, k : k + 1]).sum()
-                values = torch.autograd.grad(score, [offsets[p] for p in paths], retain_graph=k < targets.shape[1] - 1)
-                grads.append({p: _numpy(g) for p, g in zip(paths, values, strict=True)})
+                g = torch.autograd.grad(score(targets, k), xs, retain_graph=True, create_graph=True)
+                column = {}
+                for p, gj, x in zip(paths, g, xs, strict=True):
+                    hx = None
+                    if gj.requires_grad:  # else the score is piecewise linear in x: H x = 0
+                        (hx,) = torch.autograd.grad(gj, x, captured[p].detach(), retain_graph=True, allow_unused=True)
+                    column[p] = _numpy(hx.detach()) if hx is not None else np.zeros(tuple(x.shape), np.float32)
+                out.append(({p: _numpy(gj.detach()) for p, gj in zip(paths, g, strict=True)}, column))
+        return out
+
     acts = {p: _numpy(a.detach()) for p, a in captured.items()}
-    head_in = _last(head_inputs)
-    return Captured(logits_np, acts, targets, grads, head_in)
+    return KerasPass(_numpy(logits.detach()), acts, _last(head_inputs), grads if with_gradients else None,
+                     hvps if second_order else None)
 
 
-def _jax(model, batch, paths, head, choose, with_gradients) -> Captured:  # type: ignore[no-untyped-def]
+def _jax(model, batch, paths, head, with_gradients, second_order) -> KerasPass:  # type: ignore[no-untyped-def]
     import jax
 
     def forward(offsets: dict[LayerPath, Any] | None) -> tuple[Any, tuple[dict[LayerPath, Any], list[Any]]]:
@@ -157,18 +233,35 @@ def _jax(model, batch, paths, head, choose, with_gradients) -> Captured:  # type
 
     if not with_gradients:
         logits, (captured, head_inputs) = forward(None)
-        logits_np = _numpy(logits)
-        return Captured(logits_np, {p: _numpy(a) for p, a in captured.items()}, choose(logits_np), None, _last(head_inputs))
+        return KerasPass(_numpy(logits), {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs))
     shapes = jax.eval_shape(lambda: forward(None)[1][0])
     zeros = {p: jax.numpy.zeros(s.shape, s.dtype) for p, s in shapes.items()}
     logits, vjp, (captured, head_inputs) = jax.vjp(forward, zeros, has_aux=True)
-    logits_np = _numpy(logits)
-    targets = choose(logits_np)
-    grads = []
-    for k in range(targets.shape[1]):
-        (values,) = vjp(jax.nn.one_hot(targets[:, k], logits.shape[1], dtype=logits.dtype))
-        grads.append({p: _numpy(values[p]) for p in paths})
-    return Captured(logits_np, {p: _numpy(a) for p, a in captured.items()}, targets, grads, _last(head_inputs))
+
+    def one_hot(targets: np.ndarray, k: int) -> Any:
+        return jax.nn.one_hot(targets[:, k], logits.shape[1], dtype=logits.dtype)
+
+    def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
+        return [{p: _numpy(vjp(one_hot(targets, k))[0][p]) for p in paths} for k in range(targets.shape[1])]
+
+    def hvps(targets: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
+        out = []
+        for k in range(targets.shape[1]):
+            weights = one_hot(targets, k)
+
+            def gradient(offsets: dict[LayerPath, Any], weights: Any = weights) -> dict[LayerPath, Any]:
+                return jax.grad(lambda o: (forward(o)[0] * weights).sum())(offsets)
+
+            column, first = {}, {}
+            for p in paths:  # H_jj A_j: the tangent is A_j at layer j only
+                tangent = {q: captured[q] if q == p else jax.numpy.zeros_like(zeros[q]) for q in paths}
+                g, hx = jax.jvp(gradient, (zeros,), (tangent,))
+                column[p], first[p] = _numpy(hx[p]), _numpy(g[p])
+            out.append((first, column))
+        return out
+
+    return KerasPass(_numpy(logits), {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs), grads,
+                     hvps if second_order else None)
 
 
 def _last(values: list[Any]) -> np.ndarray | None:

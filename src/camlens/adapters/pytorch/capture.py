@@ -15,12 +15,14 @@ How gradients stay cheap and the caller's model untouched:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
+from camlens.core.record import ClassifierHead
 from camlens.errors import LayerError, ModelError
 
 
@@ -102,27 +104,89 @@ def forward(
     return ForwardCapture(logits, captured, head_inputs[-1] if head_inputs else None)
 
 
-def gradients(capture: ForwardCapture, targets: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """Gradients of each target score with respect to every captured activation.
+class TorchPass:
+    """A :class:`~camlens.core.record.ForwardPass` over one PyTorch forward with gradients.
 
-    Args:
-        capture: a forward capture made ``with_gradients=True``.
-        targets: ``(N, K)`` class indices; column ``k`` is explained by one backward pass that
-            stops at the target layers (samples are independent, so their scores are summed).
-
-    Returns:
-        One dict per column ``k``: layer name -> ``(N, C, h, w)`` gradient.
+    Gradients are taken with ``torch.autograd.grad`` from the target scores down to the
+    captured activations only; the graph is kept (``retain_graph``) until this object is
+    dropped, so the core may ask for targets in several chunks. Several targets go through one
+    batched vector-Jacobian product (``is_grads_batched``) when the model's operations allow
+    it, else one backward each.
     """
-    names: Sequence[str] = list(capture.activations)
-    inputs = [capture.activations[n] for n in names]
-    columns = targets.shape[1]
-    out: list[dict[str, torch.Tensor]] = []
-    with torch.inference_mode(False), torch.enable_grad():
-        for k in range(columns):
-            score = capture.logits.gather(1, targets[:, k : k + 1]).sum()
-            grads = torch.autograd.grad(score, inputs, retain_graph=k < columns - 1, allow_unused=True)
-            for name, grad in zip(names, grads, strict=True):
-                if grad is None:
-                    raise LayerError(f"the class scores do not depend on layer {name!r}")
-            out.append(dict(zip(names, grads, strict=True)))
-    return out
+
+    def __init__(self, capture: ForwardCapture, head: ClassifierHead | None = None) -> None:
+        self._capture = capture
+        self._names: list[str] = list(capture.activations)
+        self.logits = _numpy(capture.logits)
+        self.activations = {name: _numpy(a) for name, a in capture.activations.items()}
+        self.head = head
+        self._kept: tuple[bytes, dict[str, np.ndarray]] | None = None  # gradients of the last second-order pass
+        self._batched = True
+
+    def _scores(self, targets: np.ndarray) -> list[torch.Tensor]:
+        index = torch.from_numpy(np.ascontiguousarray(targets)).to(self._capture.logits.device)
+        return [self._capture.logits.gather(1, index[:, k : k + 1]).sum() for k in range(targets.shape[1])]
+
+    def gradients(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """``(N, k, C, h, w)`` gradients of each target column's scores, per layer."""
+        if self._kept is not None and self._kept[0] == _key(targets):
+            return self._kept[1]
+        inputs = [self._capture.activations[n] for n in self._names]
+        with torch.inference_mode(False), torch.enable_grad():
+            columns = self._batched_grads(targets, inputs) if targets.shape[1] > 1 and self._batched else None
+            if columns is None:
+                columns = [self._grad(score, inputs) for score in self._scores(targets)]
+        return _stack(columns, self._names)
+
+    def _grad(self, score: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(score, inputs, retain_graph=True, create_graph=create_graph, allow_unused=True)
+        for name, grad in zip(self._names, grads, strict=True):
+            if grad is None:
+                raise LayerError(f"the class scores do not depend on layer {name!r}")
+        return list(grads)  # type: ignore[arg-type]
+
+    def _batched_grads(self, targets: np.ndarray, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]] | None:
+        logits = self._capture.logits
+        index = torch.from_numpy(np.ascontiguousarray(targets.T)).to(logits.device)  # (k, N)
+        one_hot = torch.zeros((targets.shape[1], *logits.shape), dtype=logits.dtype, device=logits.device)
+        one_hot.scatter_(2, index[:, :, None], 1.0)
+        try:
+            grads = torch.autograd.grad(logits, inputs, one_hot, retain_graph=True, is_grads_batched=True, allow_unused=True)
+        except RuntimeError:  # an operation without a batching rule: one backward per target
+            self._batched = False
+            return None
+        if any(g is None for g in grads):
+            return None
+        return [[g[k] for g in grads] for k in range(targets.shape[1])]  # type: ignore[index]
+
+    def hessian_products(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """``(N, k, C, h, w)`` :math:`H A` per layer: the Hessian of each target's scores with
+        respect to the layer's output, applied to that output (two more backward passes)."""
+        inputs = [self._capture.activations[n] for n in self._names]
+        columns, firsts = [], []
+        with torch.inference_mode(False), torch.enable_grad():
+            for score in self._scores(targets):
+                grads = self._grad(score, inputs, create_graph=True)
+                firsts.append(grads)
+                column = []
+                for g, x in zip(grads, inputs, strict=True):  # H_jj A_j, one layer at a time
+                    hx = None
+                    if g.requires_grad:  # else the score is piecewise linear in x: H x = 0
+                        (hx,) = torch.autograd.grad(g, x, x.detach(), retain_graph=True, allow_unused=True)
+                    column.append(hx if hx is not None else torch.zeros_like(x))
+                columns.append(column)
+        self._kept = (_key(targets), _stack(firsts, self._names))
+        return _stack(columns, self._names)
+
+
+def _stack(columns: list[list[torch.Tensor]], names: list[str]) -> dict[str, np.ndarray]:
+    """Per layer, the columns' tensors stacked on a new target axis 1, as NumPy."""
+    return {name: np.stack([_numpy(c[i]) for c in columns], axis=1) for i, name in enumerate(names)}
+
+
+def _key(targets: np.ndarray) -> bytes:
+    return np.ascontiguousarray(targets, dtype=np.int64).tobytes() + bytes(str(targets.shape), "ascii")
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()

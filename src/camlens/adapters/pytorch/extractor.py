@@ -12,22 +12,23 @@ from torch import nn
 from camlens.adapters.pytorch import capture as cap
 from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
-from camlens.core.compute import compute_maps
+from camlens.core.compute import needs_of, run
 from camlens.core.head import check_cam_layers, pooled_features
 from camlens.core.methods import Method, methods_from
+from camlens.core.record import ClassifierHead, Need
 from camlens.core.result import CamResult
 from camlens.core.targets import Targets, resolve_targets
 from camlens.errors import CamlensError
 
 
-class Explainer:
+class TorchExplainer:
     """Compute CAMs for a batch with one forward pass, for several methods and layers at once.
 
     Args:
         model: any ``nn.Module`` returning ``(N, classes)`` scores. Its mode and flags are not
             changed; put it in ``eval()`` yourself (a warning reminds you otherwise).
-        method: a method name (``"cam"``, ``"gradcam"``, ``"gradcam++"``), a
-            :class:`~camlens.core.Method`, or a sequence of them.
+        method: a method name (see ``camlens methods``), a :class:`~camlens.core.methods.Method`,
+            or a sequence of them.
         layer: a dotted module name, a module, a sequence of those, or ``None`` for the last
             spatial layer before the classifier's global pooling.
 
@@ -47,7 +48,8 @@ class Explainer:
         self._specs: list[LayerSpec | None] = specs
         self._layers: dict[str, nn.Module] | None = None
         self._head: LinearHead | None = None
-        if all(s is not None for s in specs) and not self._needs_head:
+        self._needs = needs_of(self.methods)
+        if all(s is not None for s in specs) and Need.CLASS_WEIGHTS not in self._needs:
             self._layers = dict(resolve(model, s) for s in specs)  # type: ignore[arg-type]
 
     @property
@@ -55,14 +57,6 @@ class Explainer:
         if self._model is None:
             raise CamlensError("this explainer is closed")
         return self._model
-
-    @property
-    def _needs_head(self) -> bool:
-        return any(m.needs_class_weights for m in self.methods)
-
-    @property
-    def _needs_gradients(self) -> bool:
-        return any(m.needs_gradients for m in self.methods)
 
     def layers(self, example: torch.Tensor) -> list[str]:
         """Names of the target layers, resolving automatic ones with ``example`` if needed."""
@@ -77,7 +71,7 @@ class Explainer:
         for spec in self._specs:
             name, module = resolve(model, spec if spec is not None else auto_layer(model, traced))
             layers[name] = module
-        if self._needs_head:
+        if Need.CLASS_WEIGHTS in self._needs:
             classes = next(i.output_shape for i in reversed(traced) if i.output_shape)[-1]
             head_layer = auto_layer(model, traced)
             self._head = find_linear_head(model, head_layer, traced, classes)
@@ -98,35 +92,28 @@ class Explainer:
         if model.training:
             warnings.warn("model is in training mode; call model.eval() for stable maps", stacklevel=2)
         with torch.inference_mode(False):  # tensors made below must be usable by autograd
-            return self._explain(model, batch, targets, top)
-
-    def _explain(self, model: nn.Module, batch: torch.Tensor, targets: Targets, top: int | None) -> CamResult:
-        layers = self._resolve(batch)
-        fwd = cap.forward(
-            model,
-            batch,
-            layers,
-            with_gradients=self._needs_gradients,
-            head=self._head.linear if self._head else None,
-        )
-        targets_np = resolve_targets(targets, _numpy(fwd.logits), top)
-        t = torch.from_numpy(targets_np).to(fwd.logits.device)
-        grads = cap.gradients(fwd, t) if self._needs_gradients else None
-        acts = {name: _numpy(a) for name, a in fwd.activations.items()}
-        head = None
-        if self._head is not None:
-            pooled = _numpy(fwd.head_input) if fwd.head_input is not None else None
-            features = pooled_features(acts[self._head.layer], pooled, self._head.layer)
-            head = (self._head.layer, features, _numpy(self._head.linear.weight))
-        grads_np = [{n: _numpy(g) for n, g in column.items()} for column in grads] if grads else None
-        maps = compute_maps(self.methods, acts, targets_np, grads_np, head)
-        return CamResult(logits=_numpy(fwd.logits), targets=targets_np, maps=maps, activations=acts)
+            layers = self._resolve(batch)
+            fwd = cap.forward(
+                model,
+                batch,
+                layers,
+                with_gradients=bool(self._needs & {Need.GRADIENTS, Need.HESSIAN}),
+                head=self._head.linear if self._head else None,
+            )
+            head = None
+            if self._head is not None:
+                acts = _numpy(fwd.activations[self._head.layer])
+                pooled = _numpy(fwd.head_input) if fwd.head_input is not None else None
+                features = pooled_features(acts, pooled, self._head.layer)
+                head = ClassifierHead(self._head.layer, features, _numpy(self._head.linear.weight))
+            pass_ = cap.TorchPass(fwd, head)
+            return run(pass_, self.methods, resolve_targets(targets, pass_.logits, top))
 
     def close(self) -> None:
         """Drop references to the model and its layers."""
         self._model = self._layers = self._head = None
 
-    def __enter__(self) -> Explainer:
+    def __enter__(self) -> TorchExplainer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -135,28 +122,6 @@ class Explainer:
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
-
-
-class CAM(Explainer):
-    """:class:`Explainer` fixed to CAM (Zhou et al. 2016); see :class:`camlens.core.CAM`."""
-
-    def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
-        super().__init__(model, "cam", layer)
-
-
-class GradCAM(Explainer):
-    """:class:`Explainer` fixed to Grad-CAM (Selvaraju et al. 2017); see :class:`camlens.core.GradCAM`."""
-
-    def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
-        super().__init__(model, "gradcam", layer)
-
-
-class GradCAMPlusPlus(Explainer):
-    """:class:`Explainer` fixed to Grad-CAM++ (Chattopadhay et al. 2018); see
-    :class:`camlens.core.GradCAMPlusPlus`."""
-
-    def __init__(self, model: nn.Module, layer: LayerSpec | Sequence[LayerSpec] | None = None) -> None:
-        super().__init__(model, "gradcam++", layer)
 
 
 def feature_maps(model: nn.Module, batch: torch.Tensor, layer: LayerSpec | None = None) -> tuple[str, np.ndarray]:

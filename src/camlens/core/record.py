@@ -1,0 +1,93 @@
+"""The one contract between framework adapters and methods.
+
+An adapter runs the model once per batch and hands the core a :class:`ForwardPass`: logits,
+every target layer's activations (channels first), the CAM head when one was asked for, and
+functions that take gradients (and second-order products) for a chunk of target columns.
+The core walks the targets in chunks, builds a :class:`LayerRecord` per layer and chunk, and
+each method maps a record to raw maps. Nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class Need(enum.Enum):
+    """What a method needs from the adapter beyond the layer's activations."""
+
+    GRADIENTS = "gradients"
+    """``d score / d A`` for every target."""
+    HESSIAN = "second-order gradients"
+    """``H A``, the Hessian of the score with respect to ``A`` applied to ``A`` itself."""
+    CLASS_WEIGHTS = "class weights"
+    """The weights of a global-average-pooling -> linear classifier right after the layer."""
+
+
+@dataclass(frozen=True)
+class ClassifierHead:
+    """A linear classifier fed by the spatial mean of ``layer``, found and checked by the adapter.
+
+    Attributes:
+        layer: the layer whose maps the classifier pools.
+        features: ``(N, C, h, w)`` what is pooled: the layer's output, or its ReLU when one sits
+            in between (DenseNet).
+        weights: ``(classes, C)`` the linear map (a linear layer's or a 1x1 conv's weight).
+    """
+
+    layer: str
+    features: np.ndarray
+    weights: np.ndarray
+
+
+class ForwardPass(Protocol):
+    """One forward pass of a batch, as an adapter holds it (see :func:`camlens.core.compute.run`).
+
+    ``activations`` are ``(N, C, h, w)`` NumPy arrays keyed by layer name. ``gradients`` and
+    ``hessian_products`` take ``(N, k)`` class indices and return, per layer,
+    ``(N, k, C, h, w)`` arrays; the core calls them once per chunk of target columns, so memory
+    stays bounded whatever the number of targets. For a chunk that needs both, the core asks
+    for ``hessian_products`` first, so that an adapter may keep the gradients it took on the
+    way and return them from ``gradients`` without another backward pass.
+    """
+
+    @property
+    def logits(self) -> np.ndarray: ...
+
+    @property
+    def activations(self) -> Mapping[str, np.ndarray]: ...
+
+    @property
+    def head(self) -> ClassifierHead | None: ...
+
+    def gradients(self, targets: np.ndarray) -> Mapping[str, np.ndarray]: ...
+
+    def hessian_products(self, targets: np.ndarray) -> Mapping[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """What a method sees of one layer for ``K`` target columns of a batch of ``N``.
+
+    Attributes:
+        layer: the layer's name.
+        activations: ``(N, C, h, w)``.
+        targets: ``(N, K)`` class indices.
+        gradients: ``(N, K, C, h, w)`` gradient of each target score (pre-softmax) with respect
+            to ``activations``, when a method needs it.
+        hessian_products: ``(N, K, C, h, w)`` ``H A`` for each target, when a method needs it.
+        class_weights: ``(N, K, C)`` the classifier's weight row of each target (CAM).
+        features: ``(N, C, h, w)`` the maps the classifier pools (CAM), when known.
+    """
+
+    layer: str
+    activations: np.ndarray
+    targets: np.ndarray
+    gradients: np.ndarray | None = None
+    hessian_products: np.ndarray | None = None
+    class_weights: np.ndarray | None = None
+    features: np.ndarray | None = None
