@@ -281,3 +281,79 @@ def test_torchcam_parity(resnet, batch, method: str, peer: str) -> None:  # type
     with Explainer(resnet, method, "layer4") as ex:
         ours = normalize(ex(batch, targets=TARGETS).map()[:, 0])
     np.testing.assert_allclose(ours, np.stack(theirs), atol=1e-4)
+
+
+# ---------------------------------------------------------------- every class, layer fusion
+
+
+def test_every_class_in_one_call_equals_one_class_at_a_time(resnet, batch) -> None:  # type: ignore[no-untyped-def]
+    methods = ["cam", "gradcam", "layercam", "shapleycam"]
+    with Explainer(resnet, methods) as ex:
+        every = ex(batch, targets="all")
+        some = ex(batch, targets=np.array([[0, 7, 19]] * 3))
+    assert every.targets.shape == (3, 20) and np.array_equal(every.targets[0], np.arange(20))
+    for m in methods:
+        assert every.maps[m]["layer4"].shape == (3, 20, 3, 3)
+        np.testing.assert_allclose(every.maps[m]["layer4"][:, [0, 7, 19]], some.maps[m]["layer4"], rtol=1e-4, atol=1e-6)
+
+
+def test_gradients_for_many_targets_go_in_bounded_chunks(resnet, batch, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from camlens.core import compute
+
+    with Explainer(resnet, "gradcam") as ex:
+        whole = ex(batch, targets="all").map()
+        monkeypatch.setattr(compute, "CHUNK_BYTES", 1)  # one target column per chunk
+        chunked = ex(batch, targets="all").map()
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_fusion_by_hand() -> None:
+    from camlens.core.fusion import fuse
+
+    coarse = np.array([[[[0.0, 4.0], [2.0, 2.0]]]])  # (1, 1, 2, 2): upsampled to 4x4 first
+    fine = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    up = normalize(upsample(coarse, (4, 4)))
+    f = normalize(fine)
+    np.testing.assert_allclose(fuse({"a": coarse, "b": fine}, "mean"), normalize((up + f) / 2), atol=1e-6)
+    np.testing.assert_allclose(fuse({"a": coarse, "b": fine}, "max"), normalize(np.maximum(up, f)), atol=1e-6)
+    np.testing.assert_allclose(fuse({"a": coarse, "b": fine}, "product"), normalize(up * f), atol=1e-6)
+    with pytest.raises(Exception, match="unknown layer fusion 'median'"):
+        fuse({"a": coarse, "b": fine}, "median")
+
+
+def test_explainer_fuses_layers_and_refuses_a_single_layer(resnet, batch) -> None:  # type: ignore[no-untyped-def]
+    from camlens.core.fusion import fuse
+
+    with Explainer(resnet, ["gradcam", "layercam"], ["layer2", "layer3", "layer4"], fuse="product") as ex:
+        out = ex(batch, targets=TARGETS)
+    key = "product(layer2+layer3+layer4)"
+    for m in ("gradcam", "layercam"):
+        by_layer = {k: v for k, v in out.maps[m].items() if k != key}
+        assert out.maps[m][key].shape == (3, 1, 12, 12)
+        np.testing.assert_allclose(out.maps[m][key], fuse(by_layer, "product"))
+    with pytest.raises(Exception, match="at least two layers"):
+        Explainer(resnet, "gradcam", "layer4", fuse="mean")
+
+
+def test_lens_and_cli_explain_every_class(lens, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from camlens.samples import write_samples
+    from tests.test_cli import camlens
+
+    [items] = lens.explain([write_samples(tmp_path / "in")[1]], "cam", None, "all")
+    assert len(items) == 1000 and [e.target.index for e in items] == list(range(1000))
+    with pytest.raises(Exception, match="give it alone"):
+        lens.parse_targets(["all", "top-2"])
+    result = camlens("explain", tmp_path / "in" / "coffee.png", "--method", "gradcam,layercam", "--target", "all",
+                     "--layer", "blocks.5,bn2", "--fuse", "mean", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    raw = np.load(tmp_path / "out" / "coffee_gradcam_bn2_all-classes.npy")
+    assert raw.shape == (1000, 7, 7)
+    [[espresso]] = lens.explain([tmp_path / "in" / "coffee.png"], "gradcam", "bn2", 967)
+    np.testing.assert_allclose(raw[967], espresso.raw, rtol=1e-4, atol=1e-6)
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    for m in ("gradcam", "layercam"):
+        for layer in ("blocks.5", "bn2", "mean-blocks.5+bn2"):
+            assert {f"coffee_{m}_{layer}_all-classes.npy", f"coffee_{m}_{layer}_all-classes.png"} <= names
+    from PIL import Image
+
+    assert Image.open(tmp_path / "out" / "coffee_gradcam_bn2_all-classes.png").size[0] > 1000

@@ -127,11 +127,61 @@ def test_cam_head_found_for_densenet_with_functional_relu() -> None:
     np.testing.assert_allclose(c.mean(), logit, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["vgg11", "convnext_tiny"])
-def test_cam_refused_without_gap_linear_head(name: str) -> None:
+@pytest.mark.parametrize(
+    "name, cause",
+    [
+        ("vgg11", "no linear layer \\(or 1x1 conv\\) maps its 512 channels to the 1000 classes"),
+        ("convnext_tiny", "the classifier's input is not the spatial mean of this layer: they differ by up to"),
+    ],
+)
+def test_cam_refused_without_gap_linear_head_naming_the_cause(name: str, cause: str) -> None:
     model = torchvision.models.get_model(name, weights=None).eval()
-    with CAM(model) as cam, pytest.raises(MethodError, match="use --method gradcam"):
+    with CAM(model) as cam, pytest.raises(MethodError, match=f"{cause}.*; use gradcam"):
         cam(torch.randn(1, 3, 64, 64))
+
+
+def _cam_mean_is_logit_minus_bias(model: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor, rtol: float) -> None:
+    with CAM(model) as cam:
+        out = cam(x, top=3)
+    expected = np.take_along_axis(out.logits, out.targets, axis=1) - bias.float().numpy()[out.targets]
+    np.testing.assert_allclose(out.map().mean(axis=(2, 3)), expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+def test_cam_on_a_1x1_conv_classifier_after_pooling() -> None:
+    import timm
+
+    model = timm.create_model("resnetv2_50", pretrained=False, num_classes=7).eval()
+    assert isinstance(model.head.fc, torch.nn.Conv2d)
+    _cam_mean_is_logit_minus_bias(model, torch.randn(2, 3, 64, 64), model.head.fc.bias.detach(), 1e-4)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
+def test_cam_in_half_precision(tiny, dtype: torch.dtype, rtol: float) -> None:  # type: ignore[no-untyped-def]
+    model = tiny.to(dtype)
+    _cam_mean_is_logit_minus_bias(model, torch.randn(2, 3, 8, 8).to(dtype), model.fc.bias.detach(), rtol)
+
+
+def _batches_tracked(model: torch.nn.Module) -> list[int]:
+    return [int(m.num_batches_tracked) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_train_mode_googlenet_cam_with_dropout_and_no_extra_forward() -> None:
+    model = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=True).train()
+    before = _batches_tracked(model)
+    rng = torch.random.get_rng_state()
+    with pytest.warns(UserWarning, match="training mode"), CAM(model) as cam:
+        out = cam(torch.randn(2, 3, 64, 64), top=2)
+    assert out.map().shape == (2, 2, 2, 2) and np.isfinite(out.map()).all()
+    assert _batches_tracked(model) == [b + 1 for b in before]  # the explained forward only, no tracing forward
+    assert not torch.equal(rng, torch.random.get_rng_state())  # ...whose dropout drew numbers, as a forward does
+
+
+def test_train_mode_inception_auto_layer_needs_no_batch_of_one() -> None:
+    model = torchvision.models.inception_v3(num_classes=5, aux_logits=True, init_weights=False).train()
+    before = _batches_tracked(model)
+    with pytest.warns(UserWarning, match="training mode"), CAM(model) as cam:
+        out = cam(torch.randn(2, 3, 299, 299))
+    assert out.map().shape == (2, 1, 8, 8) and _batches_tracked(model) == [b + 1 for b in before]
 
 
 def test_cam_refused_on_other_layers(tiny) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from camlens.adapters.backends import ExplainerFn, backend_for
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method, canonical_name
 from camlens.core.scores import softmax
-from camlens.core.targets import top_k
+from camlens.core.targets import ALL, top_k
 from camlens.errors import CamlensError, TargetError
 from camlens.imageio import read_image, save_image, to_rgb
 from camlens.models import DEFAULT_MODEL, LoadedModel, load_model, wrap_model
@@ -38,6 +38,28 @@ class Prediction:
 
     def to_dict(self) -> dict[str, object]:
         return {"index": self.index, "label": self.label, "probability": round(self.probability, 6)}
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """Which classes to explain, parsed once from a target spec (see :meth:`Lens.parse_targets`).
+
+    ``best`` top classes per image first, then the fixed ``classes``; ``every`` means all
+    classes in class order.
+    """
+
+    classes: tuple[int, ...] = ()
+    best: int = 0
+    every: bool = False
+
+    def choose(self, logits: np.ndarray) -> np.ndarray:
+        """``(N, K)`` class indices for a batch's logits."""
+        if self.every:
+            return np.tile(np.arange(logits.shape[1], dtype=np.int64), (logits.shape[0], 1))
+        parts = [top_k(logits, self.best)] if self.best else []
+        if self.classes:
+            parts.append(np.tile(np.asarray(self.classes, dtype=np.int64), (logits.shape[0], 1)))
+        return np.concatenate(parts, axis=1)
 
 
 @dataclass
@@ -122,7 +144,7 @@ class Lens:
             model = wrap_model(model, labels=labels, preprocessing=preprocessing, output=output)
         self.loaded: LoadedModel = model
         self.backend = backend_for(model)
-        self._explainers: dict[tuple[object, object], ExplainerFn] = {}
+        self._explainers: dict[tuple[object, ...], ExplainerFn] = {}
 
     @property
     def labels(self) -> Labels:
@@ -145,29 +167,24 @@ class Lens:
         layer: Any = None,
         target: TargetSpec = None,
         top: int = 5,
+        fuse: str | None = None,
     ) -> list[list[Explanation]]:
         """Explain each image; one forward pass for the batch whatever the number of methods,
         layers and targets.
 
         Args:
             target: ``None`` (the top class), a class index, a class name (any synonym, any
-                case), ``"top-k"`` (the k best classes), or a list of those.
+                case), ``"top-k"`` (the k best classes), ``"all"`` (every class), or a list.
             top: how many predictions to list with each explanation.
+            fuse: with several layers, also a map fusing them (``mean``, ``max``, ``product``).
 
         Returns:
             Per image, explanations ordered by target, then method, then layer.
         """
         pictures = [as_image(i) for i in images]
         sources = [str(i) if isinstance(i, (str, Path)) else "<image>" for i in images]
-        fixed, best = self.parse_targets(target)
-
-        def choose(logits: np.ndarray) -> np.ndarray:
-            parts = [top_k(logits, best)] if best else []
-            if fixed:
-                parts.append(np.tile(np.asarray(fixed, dtype=np.int64), (logits.shape[0], 1)))
-            return np.concatenate(parts, axis=1)
-
-        result = self.explainer(method, layer)(self.tensor(pictures), choose)
+        request = self.parse_targets(target)
+        result = self.explainer(method, layer, fuse)(self.tensor(pictures), request.choose)
         probs = result.probabilities
         out: list[list[Explanation]] = []
         for i, picture in enumerate(pictures):
@@ -188,27 +205,31 @@ class Lens:
         name, acts = self.backend.feature_maps(self.loaded, self.tensor([as_image(image)]), layer)
         return name, acts[0]
 
-    def explainer(self, method: str | Method | Sequence[str | Method], layer: Any) -> ExplainerFn:
+    def explainer(self, method: str | Method | Sequence[str | Method], layer: Any, fuse: str | None = None) -> ExplainerFn:
         """The (cached) explainer for these methods and layers on this model, so that automatic
         layers and the CAM head are found once, not once per batch."""
-        key = (_method_key(method), _key(layer))
+        key = (_method_key(method), _key(layer), fuse)
         if key not in self._explainers:
-            self._explainers[key] = self.backend.explainer(self.loaded, method, layer)
+            self._explainers[key] = self.backend.explainer(self.loaded, method, layer, fuse)
         return self._explainers[key]
 
-    def parse_targets(self, target: TargetSpec) -> tuple[list[int], int]:
-        """Split a target spec into fixed class indices and a top-k count (0 if none).
+    def parse_targets(self, target: TargetSpec) -> TargetRequest:
+        """A target spec as a :class:`TargetRequest` (names and indices checked here, once).
 
         Raises:
             TargetError: an unknown class name or index (with the closest names).
         """
         if target is None:
-            return [], 1
+            return TargetRequest(best=1)
         specs = [target] if isinstance(target, (int, str)) else list(target)
         fixed: list[int] = []
         best = 0
+        every = False
         for spec in specs:
             text = str(spec).strip().lower()
+            if text == ALL:
+                every = True
+                continue
             if text.startswith("top-") or text.startswith("top"):
                 count = text.removeprefix("top").lstrip("-")
                 if count.isdigit() and int(count) > 0:
@@ -220,7 +241,9 @@ class Lens:
             if isinstance(spec, bool):
                 raise TargetError(f"invalid target {spec!r}")
             fixed.append(self.labels.index(spec))
-        return list(dict.fromkeys(fixed)), best
+        if every and (fixed or best):
+            raise TargetError("target 'all' already explains every class; give it alone")
+        return TargetRequest(tuple(dict.fromkeys(fixed)), best, every)
 
     def _top(self, probs: np.ndarray, top: int) -> list[Prediction]:
         order = np.argsort(-probs, kind="stable")[: max(1, top)]

@@ -6,7 +6,10 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from camlens import render
 from camlens.errors import CamlensError, ImageError
@@ -62,10 +65,13 @@ def run(
     batch_size: int = 8,
     root: Path | None = None,
     progress: Callable[[int], None] = lambda n: None,
+    fuse: str | None = None,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``.
 
-    ``layers`` empty means the automatic layer; with several, file names include the layer.
+    ``layers`` empty means the automatic layer; with several, file names include the layer
+    (and ``fuse`` adds the fused map). With ``target="all"`` each image, method and layer gets
+    one ``.npy`` of every class's raw map, ``(classes, h, w)``, and one class-grid image.
 
     A file that cannot be read, or whose outputs already exist, is reported and skipped; the
     run goes on. Errors that concern every file (unknown method, layer, class) raise at once.
@@ -74,9 +80,9 @@ def run(
     render.check_alpha(options.alpha)
     if batch_size < 1:
         raise CamlensError("batch size must be at least 1")
-    lens.parse_targets(target)
+    every = lens.parse_targets(target).every
     layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
-    lens.explainer(methods, layer_spec)  # unknown methods and layer names fail here, before any output
+    lens.explainer(methods, layer_spec, fuse)  # unknown methods, layers and fusions fail here, before any output
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -92,10 +98,11 @@ def run(
             except ImageError as exc:
                 report.error = str(exc)
         if loaded:
-            results = lens.explain([img for _, img in loaded], methods, layer_spec, target, top)
+            results = lens.explain([img for _, img in loaded], methods, layer_spec, target, top, fuse)
             for (report, _), explanations in zip(loaded, results, strict=True):
                 report.predictions = explanations[0].predictions
-                _write(report, explanations, out, stems[report.source], options, multi_layer=len(layers) > 1)
+                write = _write_all_classes if every else _write
+                write(report, explanations, out, stems[report.source], options, multi_layer=len(layers) > 1)
         progress(len(chunk))
     summary = _write_summary(lens, out, methods, reports, options)
     return RunReport(reports, summary)
@@ -104,28 +111,64 @@ def run(
 def _write(
     report: ImageReport, explanations: list[Explanation], out: Path, stem: str, options: RenderOptions, multi_layer: bool
 ) -> None:
-    """Write all files of one image, or none: existing names are refused up front, and files
-    already written are removed if a later one fails."""
+    """Write the overlay (panel, raw map) of every explanation of one image."""
     plan = [(exp, _planned_files(exp, out, stem, options, multi_layer)) for exp in explanations]
-    existing = [path for _, files in plan for path, _ in files if path.exists()]
-    if existing and not options.overwrite:
+    jobs = [(path, partial(_write_one, exp, kind, path, options)) for exp, files in plan for path, kind in files]
+    if _write_all_or_none(report, jobs, options.overwrite):
+        report.explanations = [
+            {"method": e.method, "layer": e.layer, "target": e.target.to_dict(), "outputs": [str(p) for p, _ in files]}
+            for e, files in plan
+        ]
+
+
+def _write_all_classes(
+    report: ImageReport, explanations: list[Explanation], out: Path, stem: str, options: RenderOptions, multi_layer: bool
+) -> None:
+    """Per method and layer: every class's raw map as one ``(classes, h, w)`` ``.npy`` and a
+    class grid (cells ordered by probability)."""
+    groups: dict[tuple[str, str], list[Explanation]] = {}
+    for exp in explanations:
+        groups.setdefault((exp.method, exp.layer), []).append(exp)
+    ext = "jpg" if options.image_format.lower() in {"jpg", "jpeg"} else "png"
+    jobs: list[tuple[Path, Callable[[], Path]]] = []
+    entries: list[dict[str, object]] = []
+    for (method, layer), exps in groups.items():
+        exps = sorted(exps, key=lambda e: e.target.index)
+        base = f"{stem}_{safe_part(method)}{f'_{safe_part(layer)}' if multi_layer else ''}_all-classes"
+        raw_path, grid_path = output_path(out, f"{base}.npy"), output_path(out, f"{base}.{ext}")
+        stack = np.stack([e.raw for e in exps])
+        jobs.append((raw_path, partial(save_array, stack, raw_path, options.overwrite)))
+        jobs.append((grid_path, partial(_class_grid, exps, stack, grid_path, options)))
+        entries.append({"method": method, "layer": layer, "target": "all", "outputs": [str(raw_path), str(grid_path)]})
+    if _write_all_or_none(report, jobs, options.overwrite):
+        report.explanations = entries
+
+
+def _class_grid(exps: list[Explanation], stack: np.ndarray, path: Path, options: RenderOptions) -> Path:
+    probs = np.array([e.target.probability for e in exps])
+    labels = [e.target.label.split(",")[0] for e in exps]
+    return save_image(render.class_grid(exps[0].image, stack, labels, probs, options.colormap, options.alpha), path,
+                      options.overwrite)
+
+
+def _write_all_or_none(report: ImageReport, jobs: Sequence[tuple[Path, Callable[[], Path]]], overwrite: bool) -> bool:
+    """Run the writes of one image, or none: existing names are refused up front, and files
+    already written are removed if a later one fails."""
+    existing = [path for path, _ in jobs if path.exists()]
+    if existing and not overwrite:
         report.error = f"{report.source}: output {existing[0]} exists; pass --overwrite to replace it"
-        return
+        return False
     written: list[Path] = []
     try:
-        for exp, files in plan:
-            for path, kind in files:
-                written.append(_write_one(exp, kind, path, options))
+        for _, job in jobs:
+            written.append(job())
     except CamlensError as exc:
         for path in written:
             path.unlink(missing_ok=True)
         report.error = f"{report.source}: {exc}"
-        return
+        return False
     report.outputs = written
-    report.explanations = [
-        {"method": e.method, "layer": e.layer, "target": e.target.to_dict(), "outputs": [str(p) for p, _ in files]}
-        for e, files in plan
-    ]
+    return True
 
 
 def _planned_files(

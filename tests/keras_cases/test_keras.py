@@ -51,6 +51,11 @@ def test_same_maps_as_pytorch_for_the_same_network(batch: np.ndarray) -> None:
     np.testing.assert_allclose(k.logits, t.logits, atol=1e-4)
     for method in METHODS:
         np.testing.assert_allclose(normalize(k.maps[method]["conv2"]), normalize(t.maps[method]["relu2"]), atol=1e-4)
+    with KerasExplainer(model, ["cam", "gradcam"]) as ke, Explainer(twin, ["cam", "gradcam"], "relu2") as te:
+        ka, ta = ke(batch, "all"), te(x, "all")
+    for method in ["cam", "gradcam"]:
+        assert ka.maps[method]["conv2"].shape == (3, 4, 12, 12)
+        np.testing.assert_allclose(normalize(ka.maps[method]["conv2"]), normalize(ta.maps[method]["relu2"]), atol=1e-4)
     with KerasExplainer(model, NOT_CAM, "conv1") as ke, Explainer(twin, NOT_CAM, "relu1") as te:
         k1, t1 = ke(batch, targets), te(x, targets)
     for method in NOT_CAM:
@@ -184,7 +189,8 @@ def test_bad_layer_names_and_cam_refusals(batch: np.ndarray) -> None:
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
     x = keras.layers.Flatten()(x)
     mlp = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Dense(8, activation="tanh")(x)))
-    with KerasExplainer(mlp, "cam") as cam, pytest.raises(MethodError, match="use --method gradcam"):
+    cause = "the classifier takes 8 features, the layer has 4 channels; use gradcam"
+    with KerasExplainer(mlp, "cam") as cam, pytest.raises(MethodError, match=cause):
         cam(batch)
     with KerasExplainer(mlp, "gradcam") as gc:
         assert np.isfinite(gc(batch).map()).all()

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def explainer_for(model: Any, method: str | Method | Sequence[str | Method], layer: Any = None, *,
-                  output: int | str | None = None) -> Any:
+                  output: int | str | None = None, fuse: str | None = None) -> Any:
     """The explainer of ``model``'s framework: :class:`~camlens.adapters.pytorch.TorchExplainer`
     for an ``nn.Module``, :class:`~camlens.adapters.keras.KerasExplainer` for a Keras 3 model.
 
@@ -30,7 +30,7 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
     if is_keras_model(model):
         from camlens.adapters.keras import KerasExplainer
 
-        return KerasExplainer(model, method, layer, output=output)
+        return KerasExplainer(model, method, layer, output=output, fuse=fuse)
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -39,7 +39,7 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
         raise CamlensError("output= picks an output of a multi-output Keras model; this is a PyTorch model")
     from camlens.adapters.pytorch import TorchExplainer
 
-    return TorchExplainer(model, method, layer)
+    return TorchExplainer(model, method, layer, fuse)
 
 
 class Explainer:
@@ -53,13 +53,15 @@ class Explainer:
         layer: a layer name, a module/layer object, a sequence of those, or ``None`` for the
             last spatial layer before the classifier's pooling.
         output: for a multi-output Keras model, the output to explain (index or name).
+        fuse: with several layers, also combine each method's maps into one, stored under the
+            layer key ``"mean(layer3+layer4)"`` (``mean``, ``max`` or ``product``).
 
     Maps come back ``(N, K, h, w)`` for both frameworks. Hooks live only during each call.
     """
 
     def __init__(self, model: Any, method: str | Method | Sequence[str | Method] = "gradcam", layer: Any = None, *,
-                 output: int | str | None = None) -> None:
-        self._impl = explainer_for(model, method, layer, output=output)
+                 output: int | str | None = None, fuse: str | None = None) -> None:
+        self._impl = explainer_for(model, method, layer, output=output, fuse=fuse)
 
     @property
     def methods(self) -> list[Method]:

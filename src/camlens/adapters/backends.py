@@ -29,7 +29,7 @@ class Backend(Protocol):
     def logits(self, loaded: LoadedModel, batch: Any) -> np.ndarray:
         """``(N, classes)`` pre-softmax scores, no gradients."""
 
-    def explainer(self, loaded: LoadedModel, method: Any, layer: Any) -> ExplainerFn:
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
         """A callable ``(batch, targets, top=None) -> CamResult``."""
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
@@ -55,10 +55,10 @@ class TorchBackend:
         with torch.no_grad():
             return logits_of(loaded.model(batch)).float().cpu().numpy()
 
-    def explainer(self, loaded: LoadedModel, method: Any, layer: Any) -> ExplainerFn:
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
         from camlens.adapters.pytorch.extractor import TorchExplainer
 
-        return TorchExplainer(loaded.model, method, layer)
+        return TorchExplainer(loaded.model, method, layer, fuse)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.pytorch.extractor import feature_maps
@@ -86,10 +86,10 @@ class KerasBackend:
         head = find_head(loaded.model, loaded.output)
         return routes.forward_pass(loaded.model, batch, [], head, with_gradients=False).logits
 
-    def explainer(self, loaded: LoadedModel, method: Any, layer: Any) -> ExplainerFn:
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
         from camlens.adapters.keras.extractor import KerasExplainer
 
-        return KerasExplainer(loaded.model, method, layer, output=loaded.output)
+        return KerasExplainer(loaded.model, method, layer, output=loaded.output, fuse=fuse)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.keras.extractor import feature_maps

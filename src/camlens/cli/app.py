@@ -48,7 +48,11 @@ def explain(
         list[str] | None, typer.Option("--layer", help="Target layer(s), dotted names; default: the last spatial layer.")
     ] = None,
     target: Annotated[
-        list[str] | None, typer.Option("--target", "-t", help="Class: index, name, or top-K (repeatable). Default: top-1.")
+        list[str] | None,
+        typer.Option("--target", "-t", help="Class: index, name, top-K (repeatable), or all (every class). Default: top-1."),
+    ] = None,
+    fuse: Annotated[
+        str | None, typer.Option("--fuse", help="With several --layer, also a map fusing them: mean, max or product.")
     ] = None,
     top: Annotated[int, typer.Option("--top", help="Predictions to show per image.")] = 5,
     colormap: Annotated[str, typer.Option("--colormap", help="Any matplotlib colormap.")] = "jet",
@@ -75,7 +79,7 @@ def explain(
         task = bar.add_task("explain", total=len(files))
         report = runner.run(
             lens, files, out, methods=parse_methods(method), layers=split(layer), target=target or None, top=top,
-            options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n),
+            options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
         )
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
@@ -241,7 +245,7 @@ def demo(
         [out / "samples"], method=["cam,gradcam,gradcam++"], layer=None, target=None, panel=True, out=out,
         overwrite=overwrite, device=device, model="efficientnet_lite0", weights=None, labels=None, top=5,
         colormap="jet", alpha=0.5, save_raw=False, image_format="png", recursive=False, batch_size=len(images),
-        output=None, trust_pickle=False,
+        output=None, trust_pickle=False, fuse=None,
     )
 
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from camlens.core import fusion
+from camlens.core.fusion import fused_name
 from camlens.core.methods import Method
 from camlens.core.record import ForwardPass, LayerRecord, Need
 from camlens.core.result import CamResult
@@ -20,7 +22,7 @@ def needs_of(methods: Sequence[Method]) -> frozenset[Need]:
     return frozenset().union(*(m.needs for m in methods))
 
 
-def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray) -> CamResult:
+def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray, fuse: str | None = None) -> CamResult:
     """Maps of every method at every captured layer for every target column.
 
     Targets are walked in chunks of columns so that gradients for many targets (``all``
@@ -31,6 +33,8 @@ def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray) -> Cam
         fwd: the adapter's forward pass of the batch.
         methods: the methods to run (already resolved).
         targets: ``(N, K)`` class indices.
+        fuse: also combine each method's layers into one map (see :func:`camlens.core.fusion.fuse`),
+            stored under the layer key :func:`~camlens.core.fusion.fused_name`.
 
     Returns:
         A :class:`CamResult` with ``maps[method][layer]`` of shape ``(N, K, h, w)``.
@@ -56,6 +60,9 @@ def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray) -> Cam
                     raise MethodError(f"{m.title} needs the classifier's weights at layer {name!r}")
                 parts[m.name][name].append(np.asarray(m.maps(record), dtype=np.float32))
     maps = {m: {name: np.concatenate(chunks, axis=1) for name, chunks in by_layer.items()} for m, by_layer in parts.items()}
+    if fuse is not None:
+        for by_layer in maps.values():
+            by_layer[fused_name(fuse, list(by_layer))] = fusion.fuse(by_layer, fuse)
     return CamResult(logits=fwd.logits, targets=targets, maps=maps, activations=acts)
 
 

@@ -99,7 +99,8 @@ class ChannelWeighted(Method):
 
     def maps(self, record: LayerRecord) -> np.ndarray:
         w = self.weights(record).astype(np.float32)
-        m = np.einsum("nkc,nchw->nkhw", w, self.feature_maps(record).astype(np.float32))
+        a = self.feature_maps(record).astype(np.float32)
+        m = np.matmul(w, a.reshape(*a.shape[:2], -1)).reshape(*w.shape[:2], *a.shape[2:])  # BLAS: all classes at once
         return np.maximum(m, 0.0) if self.relu else m
 
 
@@ -234,7 +235,7 @@ class GradCAM(ChannelWeighted):
     backwards = 1
 
     def weights(self, record: LayerRecord) -> np.ndarray:
-        return _grads(record, "Grad-CAM").mean(axis=(3, 4))
+        return _require(record.gradients, "gradients", "Grad-CAM").mean(axis=(3, 4), dtype=np.float64)
 
 
 def _plusplus_alpha(g: np.ndarray, a: np.ndarray, eps: float = 0.0) -> np.ndarray:

@@ -8,7 +8,10 @@ import numpy as np
 
 from camlens.errors import TargetError
 
-Targets = int | Sequence[int] | Sequence[Sequence[int]] | np.ndarray | Callable[[np.ndarray], object] | None
+Targets = int | str | Sequence[int] | Sequence[Sequence[int]] | np.ndarray | Callable[[np.ndarray], object] | None
+
+ALL = "all"
+"""The target spec for every class of the model, in class order."""
 
 
 def top_k(logits: np.ndarray, k: int) -> np.ndarray:
@@ -19,16 +22,20 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
 def resolve_targets(targets: Targets, logits: np.ndarray, top: int | None = None) -> np.ndarray:
     """Turn a target spec into ``(N, K)`` int64 class indices.
 
-    ``None`` -> top-1 (or the ``top`` best); an int -> that class for every sample; a sequence
-    of N ints -> one class per sample; an ``(N, K)`` array -> K classes per sample; a callable
-    -> called with the ``(N, classes)`` logits (NumPy), returning any of the above. Framework
-    tensors are accepted wherever arrays are.
+    ``None`` -> top-1 (or the ``top`` best); ``"all"`` -> every class, in class order; an int
+    -> that class for every sample; a sequence of N ints -> one class per sample; an ``(N, K)``
+    array -> K classes per sample; a callable -> called with the ``(N, classes)`` logits
+    (NumPy), returning any of the above. Framework tensors are accepted wherever arrays are.
     """
     n, classes = logits.shape
     if callable(targets):
         targets = targets(logits)  # type: ignore[assignment]
     if targets is None:
         return top_k(logits, top or 1)
+    if isinstance(targets, str):
+        if targets.strip().lower() != ALL:
+            raise TargetError(f"unknown target {targets!r}; a class index, {ALL!r}, or class indices per sample")
+        return np.tile(np.arange(classes, dtype=np.int64), (n, 1))
     if hasattr(targets, "detach"):  # a torch tensor
         targets = targets.detach().cpu().numpy()  # type: ignore[union-attr]
     t = np.asarray(targets, dtype=np.int64)

@@ -11,6 +11,7 @@ from camlens.adapters.keras import routes
 from camlens.adapters.keras.graph import LayerPath, auto_layer, name_of, output_shape, resolve
 from camlens.adapters.keras.head import Head, find_head
 from camlens.core.compute import needs_of, run
+from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, no_head, pooled_features
 from camlens.core.methods import Method, methods_from
 from camlens.core.record import ClassifierHead, Need
@@ -19,6 +20,7 @@ from camlens.core.targets import Targets, resolve_targets
 from camlens.errors import CamlensError
 
 KerasLayerSpec = str | Any
+_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}  # machine epsilons
 
 
 class KerasExplainer:
@@ -31,6 +33,8 @@ class KerasExplainer:
         layer: ``"name"``, ``"nested_model/name"``, a layer object, a sequence of those, or
             ``None`` for the last spatial layer before global pooling.
         output: which output of a multi-output model to explain (index or layer name).
+        fuse: with several layers, also combine each method's maps into one (see
+            :func:`camlens.core.fusion.fuse`).
 
     Inputs are channels-last batches as the model takes them; maps and activations come back
     channels-first ``(N, C, h, w)``, like the PyTorch adapter's. The model is never modified.
@@ -42,10 +46,13 @@ class KerasExplainer:
         method: str | Method | Sequence[str | Method] = "gradcam",
         layer: KerasLayerSpec | Sequence[KerasLayerSpec] | None = None,
         output: int | str | None = None,
+        fuse: str | None = None,
     ) -> None:
         self.methods: list[Method] = methods_from(method)
         self._needs = needs_of(self.methods)
         specs = [layer] if layer is None or isinstance(layer, str) or not isinstance(layer, Sequence) else list(layer)
+        check_fusion(fuse, len(specs))
+        self._fuse = fuse
         self.model: Any = model
         self.head: Head = find_head(model, output)
         self.paths: list[LayerPath] = [auto_layer(model) if s is None else resolve(model, s) for s in specs]
@@ -55,7 +62,7 @@ class KerasExplainer:
     def _check_cam_layers(self) -> None:
         feeding = name_of(auto_layer(self.model))
         if self.head.dense is None:
-            raise no_head(feeding, "the output does not come from a Dense layer")
+            raise no_head(feeding, "the model's output does not come from a Dense layer")
         check_cam_layers(feeding, self.layer_names)
 
     @property
@@ -73,9 +80,10 @@ class KerasExplainer:
         fwd = routes.forward_pass(self.model, batch, self.paths, self.head, grads, second)
         if Need.CLASS_WEIGHTS in self._needs:
             name = name_of(self.paths[0])
-            features = pooled_features(fwd.activations[name], fwd.head_input, name)
+            eps = _EPS.get(str(getattr(self.head.dense, "compute_dtype", "float32")), _EPS["float32"])
+            features = pooled_features(fwd.activations[name], fwd.head_input, name, eps=eps)
             fwd.head = ClassifierHead(name, features, self.head.class_weights())
-        return run(fwd, self.methods, resolve_targets(targets, fwd.logits, top))
+        return run(fwd, self.methods, resolve_targets(targets, fwd.logits, top), self._fuse)
 
     def close(self) -> None:
         """Drop the reference to the model."""

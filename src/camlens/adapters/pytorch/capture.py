@@ -133,9 +133,10 @@ class TorchPass:
             return self._kept[1]
         inputs = [self._capture.activations[n] for n in self._names]
         with torch.inference_mode(False), torch.enable_grad():
-            columns = self._batched_grads(targets, inputs) if targets.shape[1] > 1 and self._batched else None
-            if columns is None:
-                columns = [self._grad(score, inputs) for score in self._scores(targets)]
+            batched = self._batched_grads(targets, inputs) if targets.shape[1] > 1 and self._batched else None
+            if batched is not None:
+                return {name: _numpy(g.transpose(0, 1)) for name, g in zip(self._names, batched, strict=True)}
+            columns = [self._grad(score, inputs) for score in self._scores(targets)]
         return _stack(columns, self._names)
 
     def _grad(self, score: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
@@ -145,7 +146,9 @@ class TorchPass:
                 raise LayerError(f"the class scores do not depend on layer {name!r}")
         return list(grads)  # type: ignore[arg-type]
 
-    def _batched_grads(self, targets: np.ndarray, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]] | None:
+    def _batched_grads(self, targets: np.ndarray, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Per layer ``(k, N, C, h, w)`` gradients of the ``k`` target columns in one batched
+        vector-Jacobian product, or None where the model's operations do not allow it."""
         logits = self._capture.logits
         index = torch.from_numpy(np.ascontiguousarray(targets.T)).to(logits.device)  # (k, N)
         one_hot = torch.zeros((targets.shape[1], *logits.shape), dtype=logits.dtype, device=logits.device)
@@ -157,7 +160,7 @@ class TorchPass:
             return None
         if any(g is None for g in grads):
             return None
-        return [[g[k] for g in grads] for k in range(targets.shape[1])]  # type: ignore[index]
+        return list(grads)  # type: ignore[arg-type]
 
     def hessian_products(self, targets: np.ndarray) -> dict[str, np.ndarray]:
         """``(N, k, C, h, w)`` :math:`H A` per layer: the Hessian of each target's scores with

@@ -13,6 +13,7 @@ from camlens.adapters.pytorch import capture as cap
 from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
 from camlens.core.compute import needs_of, run
+from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, pooled_features
 from camlens.core.methods import Method, methods_from
 from camlens.core.record import ClassifierHead, Need
@@ -31,6 +32,8 @@ class TorchExplainer:
             or a sequence of them.
         layer: a dotted module name, a module, a sequence of those, or ``None`` for the last
             spatial layer before the classifier's global pooling.
+        fuse: with several layers, also combine each method's maps into one (``mean``,
+            ``max`` or ``product``; see :func:`camlens.core.fusion.fuse`).
 
     Hooks live only during each call. Use as a context manager (or call :meth:`close`) to drop
     the references to the model and its layers.
@@ -41,9 +44,12 @@ class TorchExplainer:
         model: nn.Module,
         method: str | Method | Sequence[str | Method] = "gradcam",
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
+        fuse: str | None = None,
     ) -> None:
         self.methods: list[Method] = methods_from(method)
         specs: list[LayerSpec | None] = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else [*layer]
+        check_fusion(fuse, len(specs))
+        self._fuse = fuse
         self._model: nn.Module | None = model
         self._specs: list[LayerSpec | None] = specs
         self._layers: dict[str, nn.Module] | None = None
@@ -66,7 +72,7 @@ class TorchExplainer:
         if self._layers is not None:
             return self._layers
         model = self.model
-        traced = trace(model, example[:1])
+        traced = trace(model, example)
         layers: dict[str, nn.Module] = {}
         for spec in self._specs:
             name, module = resolve(model, spec if spec is not None else auto_layer(model, traced))
@@ -102,12 +108,14 @@ class TorchExplainer:
             )
             head = None
             if self._head is not None:
-                acts = _numpy(fwd.activations[self._head.layer])
+                captured = fwd.activations[self._head.layer]
                 pooled = _numpy(fwd.head_input) if fwd.head_input is not None else None
-                features = pooled_features(acts, pooled, self._head.layer)
-                head = ClassifierHead(self._head.layer, features, _numpy(self._head.linear.weight))
+                eps = float(torch.finfo(captured.dtype).eps) if captured.dtype.is_floating_point else 0.0
+                dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in model.modules())
+                features = pooled_features(_numpy(captured), pooled, self._head.layer, eps=eps, dropout=dropout)
+                head = ClassifierHead(self._head.layer, features, _numpy(self._head.weight))
             pass_ = cap.TorchPass(fwd, head)
-            return run(pass_, self.methods, resolve_targets(targets, pass_.logits, top))
+            return run(pass_, self.methods, resolve_targets(targets, pass_.logits, top), self._fuse)
 
     def close(self) -> None:
         """Drop references to the model and its layers."""
@@ -129,6 +137,6 @@ def feature_maps(model: nn.Module, batch: torch.Tensor, layer: LayerSpec | None 
 
     One forward pass without gradients; hooks are removed before returning.
     """
-    name, module = resolve(model, layer if layer is not None else auto_layer(model, trace(model, batch[:1])))
+    name, module = resolve(model, layer if layer is not None else auto_layer(model, trace(model, batch)))
     fwd = cap.forward(model, batch, {name: module}, with_gradients=False)
     return name, fwd.activations[name].float().cpu().numpy()

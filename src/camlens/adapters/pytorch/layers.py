@@ -60,7 +60,13 @@ def resolve(model: nn.Module, spec: LayerSpec) -> tuple[str, nn.Module]:
 
 def trace(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     """Run ``example`` through the model once (no gradients) and record every named module's
-    output shape, in the order modules finished. Hooks are removed before returning."""
+    output shape, in the order modules finished. Hooks are removed before returning.
+
+    The model is left as it was: the random number generators are restored afterwards
+    (dropout draws nothing from the caller's stream), and a model in training mode runs on
+    copies of its buffers, so BatchNorm statistics are not updated, with the whole batch
+    (a batch of one would fail in BatchNorm after a 1x1 pooling, as in Inception-v3's
+    auxiliary head); in eval mode one sample is enough."""
     seen: list[LayerInfo] = []
     handles = []
 
@@ -75,8 +81,13 @@ def trace(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         for name, module in model.named_modules():
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.no_grad():
-            model(example)
+        training = any(m.training for m in model.modules())
+        with torch.no_grad(), torch.random.fork_rng(devices=[example.device] if example.is_cuda else []):
+            if training:
+                state = {**dict(model.named_parameters()), **{k: b.clone() for k, b in model.named_buffers()}}
+                torch.func.functional_call(model, state, (example,))
+            else:
+                model(example[:1])
     finally:
         for handle in handles:
             handle.remove()
