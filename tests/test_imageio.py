@@ -127,3 +127,13 @@ def test_find_images_and_unique_stems(tmp_path: Path, photo: Image.Image) -> Non
     deep = find_images(tmp_path, recursive=True)
     assert list(unique_stems(deep, tmp_path)) == ["a_jpg", "a_png", "b", "sub/c"]
     assert list(unique_stems([tmp_path / "a.png", tmp_path / "sub" / "a.png"])) == ["a_png", "a_png-2"]
+
+
+def test_fifos_are_refused_not_read(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "x.jpg")
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+    assert [p.name for p in find_images(tmp_path)] == ["ok.png"]
+    with pytest.raises(ImageError, match="x.jpg: not a regular file"):
+        read_image(tmp_path / "x.jpg")

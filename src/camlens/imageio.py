@@ -36,6 +36,8 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{p}: no such file")
     if p.is_dir():
         raise ImageError(f"{p}: is a folder, not an image")
+    if not p.is_file():  # a FIFO, socket or device would block or stream forever
+        raise ImageError(f"{p}: not a regular file")
     try:
         with Image.open(p) as img:
             img.seek(0)

@@ -358,3 +358,21 @@ def test_the_low_level_api_takes_a_keras_model(batch: np.ndarray) -> None:
     np.testing.assert_array_equal(b.maps["gradcam"]["conv2"], c.maps["gradcam"]["conv2"])
     with pytest.raises(Exception, match="closed"):
         cam(batch)
+
+
+def test_probe_scores_equal_the_pytorch_twins(batch: np.ndarray) -> None:
+    from camlens.adapters.keras import routes
+    from camlens.adapters.keras.graph import resolve
+    from camlens.adapters.keras.head import find_head
+    from camlens.adapters.pytorch.capture import TorchProbe
+
+    model = small_cnn("softmax")
+    twin = _torch_twin(model)
+    x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())
+    probe = routes.KerasProbe(model, batch, [resolve(model, "conv2")], find_head(model), max_batch=4)
+    twin_probe = TorchProbe(twin, x, {"relu2": twin.relu2}, max_batch=5)
+    masks = np.random.default_rng(0).uniform(size=(3, 12, 12)).astype("float32")
+    np.testing.assert_allclose(probe.score_masked(masks, 0.25), twin_probe.score_masked(masks, 0.25), rtol=1e-4, atol=1e-4)
+    acts = np.random.default_rng(1).uniform(size=(3, 2, 6, 12, 12)).astype("float32")
+    ours, theirs = probe.score_replaced("conv2", acts), twin_probe.score_replaced("relu2", acts)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)

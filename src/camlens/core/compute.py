@@ -44,6 +44,9 @@ def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray, fuse: 
     if Need.CLASS_WEIGHTS in needs and head is None:
         raise MethodError("CAM needs the classifier's weights, which the adapter did not find")
     acts = dict(fwd.activations)
+    probe = fwd.probe if Need.FORWARDS in needs else None
+    if Need.FORWARDS in needs and probe is None:
+        raise MethodError("a method needs extra forward passes, which this adapter did not provide")
     chunk = _chunk(acts, targets.shape, needs)
     parts: dict[str, dict[str, list[np.ndarray]]] = {m.name: {name: [] for name in acts} for m in methods}
     for start in range(0, targets.shape[1], chunk):
@@ -53,8 +56,10 @@ def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray, fuse: 
         for name, a in acts.items():
             weights = features = None
             if head is not None and head.layer == name:
-                weights, features = head.weights[cols], head.features
-            record = LayerRecord(name, a, cols, grads.get(name), hessian.get(name), weights, features)
+                shared = bool((cols == cols[:1]).all())  # same classes for every sample ("all", a class list)
+                weights = head.weights[cols[0]][None] if shared else head.weights[cols]
+                features = head.features
+            record = LayerRecord(name, a, cols, grads.get(name), hessian.get(name), weights, features, fwd.logits, probe)
             for m in methods:
                 if Need.CLASS_WEIGHTS in m.needs and weights is None:
                     raise MethodError(f"{m.title} needs the classifier's weights at layer {name!r}")

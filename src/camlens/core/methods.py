@@ -91,7 +91,8 @@ class ChannelWeighted(Method):
 
     @abstractmethod
     def weights(self, record: LayerRecord) -> np.ndarray:
-        """Return ``(N, K, C)`` channel weights, one row per target."""
+        """Return ``(N, K, C)`` channel weights, one row per target (``(1, K, C)`` when the
+        same for every sample)."""
 
     def feature_maps(self, record: LayerRecord) -> np.ndarray:
         """The ``(N, C, h, w)`` maps the weights apply to: the layer's activations."""
@@ -100,7 +101,8 @@ class ChannelWeighted(Method):
     def maps(self, record: LayerRecord) -> np.ndarray:
         w = self.weights(record).astype(np.float32)
         a = self.feature_maps(record).astype(np.float32)
-        m = np.matmul(w, a.reshape(*a.shape[:2], -1)).reshape(*w.shape[:2], *a.shape[2:])  # BLAS: all classes at once
+        m = np.matmul(w, a.reshape(*a.shape[:2], -1))  # BLAS: every class at once; (1, K, C) broadcasts
+        m = m.reshape(a.shape[0], w.shape[1], *a.shape[2:])
         return np.maximum(m, 0.0) if self.relu else m
 
 

@@ -1,8 +1,9 @@
 """The one contract between framework adapters and methods.
 
 An adapter runs the model once per batch and hands the core a :class:`ForwardPass`: logits,
-every target layer's activations (channels first), the CAM head when one was asked for, and
-functions that take gradients (and second-order products) for a chunk of target columns.
+every target layer's activations (channels first), the CAM head when one was asked for,
+functions that take gradients (and second-order products) for a chunk of target columns, and a
+:class:`Probe` for methods that need more forward passes (masked inputs, a layer replaced).
 The core walks the targets in chunks, builds a :class:`LayerRecord` per layer and chunk, and
 each method maps a record to raw maps. Nothing here imports a framework.
 """
@@ -16,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
+from camlens.errors import MethodError
+
 
 class Need(enum.Enum):
     """What a method needs from the adapter beyond the layer's activations."""
@@ -26,6 +29,8 @@ class Need(enum.Enum):
     """``H A``, the Hessian of the score with respect to ``A`` applied to ``A`` itself."""
     CLASS_WEIGHTS = "class weights"
     """The weights of a global-average-pooling -> linear classifier right after the layer."""
+    FORWARDS = "extra forward passes"
+    """A :class:`Probe`: the model run again on masked inputs or with a layer's output replaced."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,45 @@ class ClassifierHead:
     layer: str
     features: np.ndarray
     weights: np.ndarray
+
+
+class Probe(Protocol):
+    """Extra forward passes of one batch, as an adapter runs them: chunked (at most
+    ``max_batch`` inputs per forward), without gradients, on the model's device. Both return
+    the model's ``(N, M, classes)`` pre-softmax scores, one row of ``M`` per sample.
+    """
+
+    max_batch: int
+
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0) -> np.ndarray:
+        """Scores of ``x * m + baseline * (1 - m)`` for each mask ``m``.
+
+        Args:
+            masks: ``(M, H, W)`` shared by every sample, or ``(N, M, H, W)``, at the input's
+                resolution, broadcast over channels.
+            baseline: a value, or an array broadcastable to one preprocessed input in the
+                model's own layout (``(C, H, W)`` for PyTorch, ``(H, W, C)`` for Keras).
+        """
+        ...
+
+    def score_replaced(self, layer: str, activations: np.ndarray) -> np.ndarray:
+        """Scores with ``layer``'s output replaced by each of ``activations``,
+        ``(N, M, C, h, w)`` channels first (the adapter converts them to the layer's layout)."""
+        ...
+
+
+def per_sample_masks(masks: np.ndarray, n: int, size: tuple[int, int]) -> np.ndarray:
+    """Masks for :meth:`Probe.score_masked` as ``(N, M, H, W)`` float32 (shared masks broadcast).
+
+    Raises:
+        MethodError: not ``(M, H, W)`` or ``(N, M, H, W)`` at the input's ``size``.
+    """
+    m = np.asarray(masks, dtype=np.float32)
+    if m.ndim == 3:
+        m = np.broadcast_to(m, (n, *m.shape))
+    if m.ndim != 4 or m.shape[0] != n or tuple(m.shape[2:]) != tuple(size):
+        raise MethodError(f"masks must be (M, H, W) or (N, M, H, W) at the input's size {tuple(size)}, got {np.shape(masks)}")
+    return m
 
 
 class ForwardPass(Protocol):
@@ -68,6 +112,9 @@ class ForwardPass(Protocol):
 
     def hessian_products(self, targets: np.ndarray) -> Mapping[str, np.ndarray]: ...
 
+    @property
+    def probe(self) -> Probe | None: ...
+
 
 @dataclass(frozen=True)
 class LayerRecord:
@@ -80,8 +127,11 @@ class LayerRecord:
         gradients: ``(N, K, C, h, w)`` gradient of each target score (pre-softmax) with respect
             to ``activations``, when a method needs it.
         hessian_products: ``(N, K, C, h, w)`` ``H A`` for each target, when a method needs it.
-        class_weights: ``(N, K, C)`` the classifier's weight row of each target (CAM).
+        class_weights: ``(N, K, C)`` the classifier's weight row of each target (CAM), or
+            ``(1, K, C)`` when every sample has the same targets (broadcast over the batch).
         features: ``(N, C, h, w)`` the maps the classifier pools (CAM), when known.
+        logits: ``(N, classes)`` the batch's pre-softmax scores.
+        probe: extra forward passes of the batch, for methods that need :attr:`Need.FORWARDS`.
     """
 
     layer: str
@@ -91,3 +141,5 @@ class LayerRecord:
     hessian_products: np.ndarray | None = None
     class_weights: np.ndarray | None = None
     features: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    probe: Probe | None = None

@@ -83,6 +83,8 @@ class KerasExplainer:
             eps = _EPS.get(str(getattr(self.head.dense, "compute_dtype", "float32")), _EPS["float32"])
             features = pooled_features(fwd.activations[name], fwd.head_input, name, eps=eps)
             fwd.head = ClassifierHead(name, features, self.head.class_weights())
+        if Need.FORWARDS in self._needs:
+            fwd.probe = routes.KerasProbe(self.model, batch, self.paths, self.head)
         return run(fwd, self.methods, resolve_targets(targets, fwd.logits, top), self._fuse)
 
     def close(self) -> None:

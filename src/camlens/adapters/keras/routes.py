@@ -21,7 +21,7 @@ import numpy as np
 
 from camlens.adapters.keras.graph import LayerPath, descend_set, name_of, run
 from camlens.adapters.keras.head import Head, _kind, pre_activation, scores
-from camlens.core.record import ClassifierHead
+from camlens.core.record import ClassifierHead, per_sample_masks
 from camlens.errors import MethodError
 
 Columns = Callable[[np.ndarray], list[dict[LayerPath, np.ndarray]]]
@@ -45,6 +45,7 @@ class KerasPass:
         self.activations = {name_of(p): channels_first(a) for p, a in activations.items()}
         self.head_input = head_input
         self.head: ClassifierHead | None = None
+        self.probe: KerasProbe | None = None
         self._grads, self._hvps = grads, hvps
         self._kept: tuple[bytes, dict[str, np.ndarray]] | None = None  # gradients of the last second-order pass
 
@@ -65,6 +66,71 @@ class KerasPass:
 
     def _stack(self, columns: list[dict[LayerPath, np.ndarray]]) -> dict[str, np.ndarray]:
         return {name_of(p): np.stack([channels_first(c[p]) for c in columns], axis=1) for p in self.paths}
+
+
+class KerasProbe:
+    """The :class:`~camlens.core.record.Probe` of one Keras batch: the model run again through
+    its graph (pre-activation scores, as for gradients), at most ``max_batch`` inputs at a time.
+
+    ``score_replaced`` swaps the layer's output during the run (the layers before it still run,
+    so residual connections that bypass it are exact); activations arrive channels first and
+    are handed to the model channels last.
+    """
+
+    def __init__(self, model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head, max_batch: int = 32) -> None:
+        self._model, self._batch, self._head = model, np.asarray(batch, dtype=np.float32), head
+        self._paths = {name_of(p): p for p in paths}
+        self.max_batch = max_batch
+
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0) -> np.ndarray:
+        n = self._batch.shape[0]
+        m = per_sample_masks(masks, n, self._batch.shape[1:3])
+        flat = m.reshape(-1, *m.shape[2:])[..., None]
+        base = np.asarray(baseline, dtype=np.float32)
+        count = m.shape[1]
+
+        def inputs(rows: slice) -> np.ndarray:
+            x = self._batch[np.arange(rows.start, rows.stop) // count]
+            return x * flat[rows] + base * (1.0 - flat[rows])
+
+        return self._scores(n, count, inputs, None)
+
+    def score_replaced(self, layer: str, activations: np.ndarray) -> np.ndarray:
+        if layer not in self._paths:
+            raise MethodError(f"layer {layer!r} was not captured; replace one of {', '.join(self._paths)}")
+        n, count = activations.shape[:2]
+        flat = np.transpose(activations.reshape(n * count, *activations.shape[2:]), (0, 2, 3, 1))
+        current: list[Any] = []
+
+        def inputs(rows: slice) -> np.ndarray:
+            current[:] = [keras.ops.convert_to_tensor(np.ascontiguousarray(flat[rows]))]
+            return self._batch[np.arange(rows.start, rows.stop) // count]
+
+        return self._scores(n, count, inputs, (self._paths[layer], current))
+
+    def _scores(
+        self, n: int, count: int, inputs: Callable[[slice], np.ndarray], replace: tuple[LayerPath, list[Any]] | None
+    ) -> np.ndarray:
+        paths = [replace[0]] if replace else []
+        out = []
+        with _no_grad():
+            for start in range(0, n * count, self.max_batch):
+                x = inputs(slice(start, min(start + self.max_batch, n * count)))
+                logits, _ = _forward(self._model, x, paths, self._head, lambda p, o: replace[1][0] if replace else o)
+                out.append(_numpy(logits))
+        scores = np.concatenate(out)
+        return scores.reshape(n, count, scores.shape[1])
+
+
+def _no_grad() -> Any:
+    """No autograd graph for probe runs on the torch backend (TF and JAX record none here)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def channels_first(a: np.ndarray) -> np.ndarray:
@@ -147,12 +213,12 @@ def _tensorflow(model, batch, paths, head, with_gradients, second_order) -> Kera
         return tf.reduce_sum(tf.gather(logits, targets[:, k], axis=1, batch_dims=1))
 
     def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
-        out = []
-        for k in range(targets.shape[1]):
-            with tape:  # a persistent tape records the score too
-                s = score(targets, k)
-            out.append({p: _numpy(g) for p, g in zip(paths, tape.gradient(s, xs), strict=True)})
-        return out
+        with tape:  # a persistent tape records the scores too
+            scores_ = [score(targets, k) for k in range(targets.shape[1])]
+            stacked = tf.stack(scores_) if len(scores_) > 1 else None
+        if stacked is not None:  # several targets: one vectorised Jacobian (pfor) of the k scores
+            return _columns(paths, [_numpy(j) for j in tape.jacobian(stacked, xs)])
+        return [{p: _numpy(g) for p, g in zip(paths, tape.gradient(scores_[0], xs), strict=True)}]
 
     def hvps(targets: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
         assert outer is not None
@@ -194,6 +260,14 @@ def _torch(model, batch, paths, head, with_gradients, second_order) -> KerasPass
 
     def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
         with torch.inference_mode(False), torch.enable_grad():
+            if targets.shape[1] > 1:  # several targets: one batched vector-Jacobian product
+                one_hot = torch.zeros((targets.shape[1], *logits.shape), dtype=logits.dtype, device=logits.device)
+                one_hot.scatter_(2, torch.as_tensor(targets.T, device=logits.device)[:, :, None], 1.0)
+                try:
+                    batched = torch.autograd.grad(logits, xs, one_hot, retain_graph=True, is_grads_batched=True)
+                    return _columns(paths, [_numpy(g) for g in batched])
+                except RuntimeError:  # an operation without a batching rule: one backward per target
+                    pass
             return [
                 {p: _numpy(g) for p, g in zip(paths, torch.autograd.grad(score(targets, k), xs, retain_graph=True), strict=True)}
                 for k in range(targets.shape[1])
@@ -242,7 +316,11 @@ def _jax(model, batch, paths, head, with_gradients, second_order) -> KerasPass: 
         return jax.nn.one_hot(targets[:, k], logits.shape[1], dtype=logits.dtype)
 
     def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
-        return [{p: _numpy(vjp(one_hot(targets, k))[0][p]) for p in paths} for k in range(targets.shape[1])]
+        if targets.shape[1] > 1:  # several targets: the VJP vectorised over their one-hot cotangents
+            cotangents = jax.numpy.stack([one_hot(targets, k) for k in range(targets.shape[1])])
+            (values,) = jax.vmap(vjp)(cotangents)
+            return _columns(paths, [_numpy(values[p]) for p in paths])
+        return [{p: _numpy(vjp(one_hot(targets, 0))[0][p]) for p in paths}]
 
     def hvps(targets: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
         out = []
@@ -262,6 +340,11 @@ def _jax(model, batch, paths, head, with_gradients, second_order) -> KerasPass: 
 
     return KerasPass(_numpy(logits), {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs), grads,
                      hvps if second_order else None)
+
+
+def _columns(paths: list[LayerPath], stacked: list[np.ndarray]) -> list[dict[LayerPath, np.ndarray]]:
+    """Per-layer ``(k, ...)`` arrays as ``k`` per-target dicts."""
+    return [{p: a[k] for p, a in zip(paths, stacked, strict=True)} for k in range(stacked[0].shape[0])]
 
 
 def _last(values: list[Any]) -> np.ndarray | None:

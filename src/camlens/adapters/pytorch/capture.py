@@ -15,14 +15,14 @@ How gradients stay cheap and the caller's model untouched:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from camlens.core.record import ClassifierHead
+from camlens.core.record import ClassifierHead, per_sample_masks
 from camlens.errors import LayerError, ModelError
 
 
@@ -114,8 +114,9 @@ class TorchPass:
     it, else one backward each.
     """
 
-    def __init__(self, capture: ForwardCapture, head: ClassifierHead | None = None) -> None:
+    def __init__(self, capture: ForwardCapture, head: ClassifierHead | None = None, probe: TorchProbe | None = None) -> None:
         self._capture = capture
+        self.probe = probe
         self._names: list[str] = list(capture.activations)
         self.logits = _numpy(capture.logits)
         self.activations = {name: _numpy(a) for name, a in capture.activations.items()}
@@ -193,3 +194,56 @@ def _key(targets: np.ndarray) -> bytes:
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
+
+
+class TorchProbe:
+    """The :class:`~camlens.core.record.Probe` of one PyTorch batch: the model run again, without
+    gradients, at most ``max_batch`` inputs at a time, on the batch's device.
+
+    ``score_replaced`` swaps a target layer's output in a temporary forward hook (removed in
+    ``finally``); the layers before it still run, so it is exact for any graph (residual
+    connections that bypass the layer included).
+    """
+
+    def __init__(self, model: nn.Module, batch: torch.Tensor, layers: Mapping[str, nn.Module], max_batch: int = 32) -> None:
+        self._model, self._batch, self._layers = model, batch, dict(layers)
+        self.max_batch = max_batch
+
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0) -> np.ndarray:
+        n = self._batch.shape[0]
+        m = per_sample_masks(masks, n, (int(self._batch.shape[2]), int(self._batch.shape[3])))
+        base = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=self._batch.device)
+        flat = torch.from_numpy(np.ascontiguousarray(m.reshape(-1, *m.shape[2:])))
+        count = m.shape[1]
+
+        def inputs(rows: slice) -> torch.Tensor:
+            mask = flat[rows].to(self._batch.device, self._batch.dtype)[:, None]
+            x = self._batch[torch.arange(rows.start, rows.stop) // count]
+            return x * mask + base * (1 - mask)
+
+        return self._scores(n, count, inputs)
+
+    def score_replaced(self, layer: str, activations: np.ndarray) -> np.ndarray:
+        if layer not in self._layers:
+            raise LayerError(f"layer {layer!r} was not captured; replace one of {', '.join(self._layers)}")
+        n, count = activations.shape[:2]
+        flat = np.ascontiguousarray(activations.reshape(n * count, *activations.shape[2:]))
+        module = self._layers[layer]
+        current: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda mod, args, out: current[0])
+        try:
+            def inputs(rows: slice) -> torch.Tensor:
+                current[:] = [torch.from_numpy(flat[rows]).to(self._batch.device, self._batch.dtype)]
+                return self._batch[torch.arange(rows.start, rows.stop) // count]
+
+            return self._scores(n, count, inputs)
+        finally:
+            handle.remove()
+
+    def _scores(self, n: int, count: int, inputs: Callable[[slice], torch.Tensor]) -> np.ndarray:
+        out: list[np.ndarray] = []
+        with torch.inference_mode(False), torch.no_grad():
+            for start in range(0, n * count, self.max_batch):
+                out.append(_numpy(logits_of(self._model(inputs(slice(start, min(start + self.max_batch, n * count)))))))
+        scores = np.concatenate(out)
+        return scores.reshape(n, count, scores.shape[1])

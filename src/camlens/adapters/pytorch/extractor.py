@@ -114,7 +114,8 @@ class TorchExplainer:
                 dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in model.modules())
                 features = pooled_features(_numpy(captured), pooled, self._head.layer, eps=eps, dropout=dropout)
                 head = ClassifierHead(self._head.layer, features, _numpy(self._head.weight))
-            pass_ = cap.TorchPass(fwd, head)
+            probe = cap.TorchProbe(model, batch, layers) if Need.FORWARDS in self._needs else None
+            pass_ = cap.TorchPass(fwd, head, probe)
             return run(pass_, self.methods, resolve_targets(targets, pass_.logits, top), self._fuse)
 
     def close(self) -> None:
