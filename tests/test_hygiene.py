@@ -140,3 +140,44 @@ def test_no_full_backward_parameters_never_reached() -> None:
         for h in hooks:
             h.remove()
     assert seen == []
+
+
+def test_one_model_serves_several_threads_without_mixing_captures(resnet) -> None:  # type: ignore[no-untyped-def]
+    """Two threads explain different inputs and classes while a third runs plain inference:
+    every result equals the one computed alone (hooks act only in the thread that made them)."""
+    import threading
+
+    inputs = [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    targets = [[1, 2], [5, 9]]
+    with Explainer(resnet, ["gradcam", "layercam", "cam"]) as ex:
+        alone = [ex(x, targets=t).maps for x, t in zip(inputs, targets, strict=True)]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def explain(k: int) -> None:
+        with Explainer(resnet, ["gradcam", "layercam", "cam"]) as ex:
+            for _ in range(25):
+                try:
+                    maps = ex(inputs[k], targets=targets[k]).maps
+                except Exception as exc:  # a capture from the other thread breaks the gradient
+                    failures.append(f"thread {k}: {exc}")
+                    continue
+                for m, by_layer in maps.items():
+                    if not np.allclose(by_layer["layer4"], alone[k][m]["layer4"], rtol=1e-4, atol=1e-6):
+                        failures.append(f"thread {k} {m}")
+
+    def infer() -> None:
+        while not stop.is_set():
+            with torch.no_grad():
+                resnet(torch.randn(3, 3, 64, 64))
+
+    workers = [threading.Thread(target=explain, args=(k,)) for k in (0, 1)]
+    noise = threading.Thread(target=infer)
+    noise.start()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    noise.join()
+    assert failures == [] and _hooks(resnet) == 0

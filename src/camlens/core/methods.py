@@ -464,7 +464,10 @@ class ShapleyCAM(ChannelWeighted):
 
 
 def principal_projection(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Projection of each position onto the first principal component of ``rows``.
+    """Projection of each position onto the first principal component of ``rows``: ``R v1``
+    for the first right singular vector ``v1`` of the centred ``R``, computed from the
+    eigenvectors of the smaller of ``R R^T`` and ``R^T R`` (the same vector, several times
+    faster than an SVD of a 49 x 1280 matrix).
 
     Args:
         rows: ``(P, C)``: positions x channels, centred per channel here.
@@ -477,8 +480,13 @@ def principal_projection(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
     centred = rows - rows.mean(axis=0, keepdims=True)
     if not np.any(centred):
         return np.zeros(rows.shape[0])
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return _oriented(centred @ vt[0], reference)
+    positions, channels = centred.shape
+    if positions <= channels:  # R v1 = s1 u1, from the small positions x positions Gram matrix
+        values, vectors = np.linalg.eigh(centred @ centred.T)
+        projection = vectors[:, -1] * np.sqrt(max(float(values[-1]), 0.0))
+    else:  # from the channels x channels scatter matrix
+        projection = centred @ np.linalg.eigh(centred.T @ centred)[1][:, -1]
+    return _oriented(projection, reference)
 
 
 def _oriented(projection: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -11,10 +11,13 @@ How gradients stay cheap and the caller's model untouched:
   ``ReLU(inplace=True)``) cannot change what was captured.
 * All hooks are removed in ``finally``; grad mode is restored by the context managers even when
   the model raises. Train/eval mode and ``requires_grad`` flags are never touched.
+* Hooks act only in the thread that registered them, so one model can serve several threads
+  (camlens calls, or the user's own inference) at once without their captures mixing.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -68,9 +71,12 @@ def forward(
     """Run ``model(batch)`` once with temporary hooks on ``layers`` (and on ``head``'s input)."""
     captured: dict[str, torch.Tensor] = {}
     head_inputs: list[torch.Tensor] = []
+    owner = threading.get_ident()  # hooks ignore forwards that other threads run meanwhile
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> torch.Tensor | None:
+            if threading.get_ident() != owner:
+                return None
             if not isinstance(output, torch.Tensor):
                 raise LayerError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
             if not with_gradients:
@@ -90,7 +96,9 @@ def forward(
         for name, module in layers.items():
             handles.append(module.register_forward_hook(make_hook(name)))
         if head is not None:
-            handles.append(head.register_forward_pre_hook(lambda module, args: head_inputs.append(args[0])))
+            handles.append(head.register_forward_pre_hook(
+                lambda module, args: head_inputs.append(args[0]) if threading.get_ident() == owner else None
+            ))
         with torch.inference_mode(False), torch.no_grad():
             logits = logits_of(model(batch))
     finally:
@@ -230,7 +238,8 @@ class TorchProbe:
         flat = np.ascontiguousarray(activations.reshape(n * count, *activations.shape[2:]))
         module = self._layers[layer]
         current: list[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda mod, args, out: current[0])
+        owner = threading.get_ident()
+        handle = module.register_forward_hook(lambda mod, args, out: current[0] if threading.get_ident() == owner else None)
         try:
             def inputs(rows: slice) -> torch.Tensor:
                 current[:] = [torch.from_numpy(flat[rows]).to(self._batch.device, self._batch.dtype)]

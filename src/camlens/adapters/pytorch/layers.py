@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from torch import nn
 from camlens.errors import LayerError
 
 LayerSpec = str | nn.Module
+_TRACE_LOCK = threading.Lock()
 
 _NOT_TARGETS = (
     nn.modules.pooling._MaxPoolNd,
@@ -69,9 +71,12 @@ def trace(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     auxiliary head); in eval mode one sample is enough."""
     seen: list[LayerInfo] = []
     handles = []
+    owner = threading.get_ident()
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
+            if threading.get_ident() != owner:
+                return
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
             seen.append(LayerInfo(name, type(module).__name__, shape))
 
@@ -83,9 +88,10 @@ def trace(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                 handles.append(module.register_forward_hook(make_hook(name)))
         training = any(m.training for m in model.modules())
         with torch.no_grad(), torch.random.fork_rng(devices=[example.device] if example.is_cuda else []):
-            if training:
+            if training:  # functional_call swaps the buffers on the module: no other thread may trace meanwhile
                 state = {**dict(model.named_parameters()), **{k: b.clone() for k, b in model.named_buffers()}}
-                torch.func.functional_call(model, state, (example,))
+                with _TRACE_LOCK:
+                    torch.func.functional_call(model, state, (example,))
             else:
                 model(example[:1])
     finally:
