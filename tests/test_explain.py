@@ -64,3 +64,11 @@ def test_features_of_a_layer(lens: Lens) -> None:
     assert name == "blocks.1" and acts.shape == (24, 56, 56)
     auto, last = lens.features(sample_image("chelsea"))
     assert auto == "bn2" and last.shape == (1280, 7, 7)
+
+
+def test_an_explanation_shows_itself_in_jupyter(lens) -> None:  # type: ignore[no-untyped-def]
+    from camlens.samples import sample_image
+
+    exp = lens.explain([sample_image("coffee")], "gradcam")[0][0]
+    png = exp._repr_png_()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000

@@ -226,3 +226,10 @@ def test_cam_and_gradcam_together_on_densenet_match_separate_runs() -> None:
         np.testing.assert_allclose(res.maps["gradcam"]["features"], gc(x, targets=7).map(), rtol=1e-5, atol=1e-9)
     with torch.no_grad():
         np.testing.assert_allclose(res.activations["features"], model.features(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_without_feature_maps_is_named_in_one_line(resnet) -> None:  # type: ignore[no-untyped-def]
+    for method in ("gradcam", "eigencam"):
+        cause = r"layer 'fc' outputs shape \(1, 20\), not 4-D"
+        with Explainer(resnet, method, "fc") as ex, pytest.raises(LayerError, match=cause):
+            ex(torch.randn(1, 3, 32, 32))

@@ -104,6 +104,14 @@ class Explanation:
         picture = self.panel(colormap, alpha) if panel else self.overlay(colormap, alpha)
         return save_image(picture, Path(path), overwrite)
 
+    def _repr_png_(self) -> bytes:
+        """The panel, so that an explanation shows itself in Jupyter."""
+        import io
+
+        buffer = io.BytesIO()
+        self.panel().save(buffer, format="PNG")
+        return buffer.getvalue()
+
     def to_dict(self) -> dict[str, object]:
         return {
             "source": self.source,

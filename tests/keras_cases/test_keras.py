@@ -376,3 +376,8 @@ def test_probe_scores_equal_the_pytorch_twins(batch: np.ndarray) -> None:
     acts = np.random.default_rng(1).uniform(size=(3, 2, 6, 12, 12)).astype("float32")
     ours, theirs = probe.score_replaced("conv2", acts), twin_probe.score_replaced("relu2", acts)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_a_dense_layer_is_refused_as_a_target(batch: np.ndarray) -> None:
+    with KerasExplainer(small_cnn("softmax"), "gradcam", "gap") as ex, pytest.raises(LayerError, match="'gap' outputs shape"):
+        ex(batch)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from camlens.errors import MethodError
+from camlens.errors import LayerError, MethodError
 
 
 class Need(enum.Enum):
@@ -72,6 +72,14 @@ class Probe(Protocol):
         """Scores with ``layer``'s output replaced by each of ``activations``,
         ``(N, M, C, h, w)`` channels first (the adapter converts them to the layer's layout)."""
         ...
+
+
+def not_feature_maps(layer: str, shape: tuple[int | None, ...]) -> LayerError:
+    """The error for a target layer whose output is not ``(N, C, H, W)`` (or ``(N, H, W, C)``)."""
+    return LayerError(
+        f"layer {layer!r} outputs shape {tuple(shape)}, not 4-D feature maps; CAMs need a spatial layer "
+        "(`camlens layers MODEL` lists them)"
+    )
 
 
 def per_sample_masks(masks: np.ndarray, n: int, size: tuple[int, int]) -> np.ndarray:

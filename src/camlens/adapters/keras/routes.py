@@ -21,7 +21,7 @@ import numpy as np
 
 from camlens.adapters.keras.graph import LayerPath, descend_set, name_of, run
 from camlens.adapters.keras.head import Head, _kind, pre_activation, scores
-from camlens.core.record import ClassifierHead, per_sample_masks
+from camlens.core.record import ClassifierHead, not_feature_maps, per_sample_masks
 from camlens.errors import MethodError
 
 Columns = Callable[[np.ndarray], list[dict[LayerPath, np.ndarray]]]
@@ -42,6 +42,9 @@ class KerasPass:
     ) -> None:
         self.logits = logits
         self.paths = list(activations)
+        for p, a in activations.items():
+            if a.ndim != 4:
+                raise not_feature_maps(name_of(p), a.shape)
         self.activations = {name_of(p): channels_first(a) for p, a in activations.items()}
         self.head_input = head_input
         self.head: ClassifierHead | None = None

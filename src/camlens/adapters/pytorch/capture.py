@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from camlens.core.record import ClassifierHead, per_sample_masks
+from camlens.core.record import ClassifierHead, not_feature_maps, per_sample_masks
 from camlens.errors import LayerError, ModelError
 
 
@@ -79,6 +79,8 @@ def forward(
                 return None
             if not isinstance(output, torch.Tensor):
                 raise LayerError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
+            if output.ndim != 4:
+                raise not_feature_maps(name, tuple(output.shape))
             if not with_gradients:
                 captured[name] = output.detach().clone()
                 return None
