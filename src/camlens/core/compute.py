@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -51,8 +51,12 @@ def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray, fuse: 
     parts: dict[str, dict[str, list[np.ndarray]]] = {m.name: {name: [] for name in acts} for m in methods}
     for start in range(0, targets.shape[1], chunk):
         cols = np.ascontiguousarray(targets[:, start : start + chunk])
-        hessian = fwd.hessian_products(cols) if Need.HESSIAN in needs else {}  # first: it may keep the gradients
-        grads = fwd.gradients(cols) if Need.GRADIENTS in needs else {}
+        grads: Mapping[str, np.ndarray] = {}
+        hessian: Mapping[str, np.ndarray] = {}
+        if Need.HESSIAN in needs:
+            grads, hessian = fwd.hessian_products(cols)
+        elif Need.GRADIENTS in needs:
+            grads = fwd.gradients(cols)
         for name, a in acts.items():
             weights = features = None
             if head is not None and head.layer == name:

@@ -99,12 +99,11 @@ def per_sample_masks(masks: np.ndarray, n: int, size: tuple[int, int]) -> np.nda
 class ForwardPass(Protocol):
     """One forward pass of a batch, as an adapter holds it (see :func:`camlens.core.compute.run`).
 
-    ``activations`` are ``(N, C, h, w)`` NumPy arrays keyed by layer name. ``gradients`` and
-    ``hessian_products`` take ``(N, k)`` class indices and return, per layer,
-    ``(N, k, C, h, w)`` arrays; the core calls them once per chunk of target columns, so memory
-    stays bounded whatever the number of targets. For a chunk that needs both, the core asks
-    for ``hessian_products`` first, so that an adapter may keep the gradients it took on the
-    way and return them from ``gradients`` without another backward pass.
+    ``activations`` are ``(N, C, h, w)`` NumPy arrays keyed by layer name. ``gradients`` takes
+    ``(N, k)`` class indices and returns, per layer, ``(N, k, C, h, w)`` arrays;
+    ``hessian_products`` returns the gradients it took on the way and the ``H A`` products, both
+    so shaped, so that a method needing both costs no extra backward pass. The core calls them
+    once per chunk of target columns, so memory stays bounded whatever the number of targets.
     """
 
     @property
@@ -118,7 +117,7 @@ class ForwardPass(Protocol):
 
     def gradients(self, targets: np.ndarray) -> Mapping[str, np.ndarray]: ...
 
-    def hessian_products(self, targets: np.ndarray) -> Mapping[str, np.ndarray]: ...
+    def hessian_products(self, targets: np.ndarray) -> tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]: ...
 
     @property
     def probe(self) -> Probe | None: ...

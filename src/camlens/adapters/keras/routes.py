@@ -50,22 +50,18 @@ class KerasPass:
         self.head: ClassifierHead | None = None
         self.probe: KerasProbe | None = None
         self._grads, self._hvps = grads, hvps
-        self._kept: tuple[bytes, dict[str, np.ndarray]] | None = None  # gradients of the last second-order pass
 
     def gradients(self, targets: np.ndarray) -> dict[str, np.ndarray]:
-        if self._kept is not None and self._kept[0] == targets.tobytes() + bytes(str(targets.shape), "ascii"):
-            return self._kept[1]
         if self._grads is None:
             raise MethodError("gradients were not recorded for this pass")
         return self._stack(self._grads(targets))
 
-    def hessian_products(self, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """:math:`H A` per layer; the gradients taken on the way are kept for :meth:`gradients`."""
+    def hessian_products(self, targets: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Per layer, the gradients taken on the way and :math:`H A`."""
         if self._hvps is None:
             raise MethodError("second-order gradients were not recorded for this pass")
         pairs = self._hvps(targets)
-        self._kept = (targets.tobytes() + bytes(str(targets.shape), "ascii"), self._stack([g for g, _ in pairs]))
-        return self._stack([h for _, h in pairs])
+        return self._stack([g for g, _ in pairs]), self._stack([h for _, h in pairs])
 
     def _stack(self, columns: list[dict[LayerPath, np.ndarray]]) -> dict[str, np.ndarray]:
         return {name_of(p): np.stack([channels_first(c[p]) for c in columns], axis=1) for p in self.paths}

@@ -131,7 +131,6 @@ class TorchPass:
         self.logits = _numpy(capture.logits)
         self.activations = {name: _numpy(a) for name, a in capture.activations.items()}
         self.head = head
-        self._kept: tuple[bytes, dict[str, np.ndarray]] | None = None  # gradients of the last second-order pass
         self._batched = True
 
     def _scores(self, targets: np.ndarray) -> list[torch.Tensor]:
@@ -140,8 +139,6 @@ class TorchPass:
 
     def gradients(self, targets: np.ndarray) -> dict[str, np.ndarray]:
         """``(N, k, C, h, w)`` gradients of each target column's scores, per layer."""
-        if self._kept is not None and self._kept[0] == _key(targets):
-            return self._kept[1]
         inputs = [self._capture.activations[n] for n in self._names]
         with torch.inference_mode(False), torch.enable_grad():
             batched = self._batched_grads(targets, inputs) if targets.shape[1] > 1 and self._batched else None
@@ -173,9 +170,10 @@ class TorchPass:
             return None
         return list(grads)  # type: ignore[arg-type]
 
-    def hessian_products(self, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """``(N, k, C, h, w)`` :math:`H A` per layer: the Hessian of each target's scores with
-        respect to the layer's output, applied to that output (two more backward passes)."""
+    def hessian_products(self, targets: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Per layer, the ``(N, k, C, h, w)`` gradients and :math:`H A`, the Hessian of each
+        target's scores with respect to the layer's output applied to that output (a backward
+        pass that keeps its graph, then one more)."""
         inputs = [self._capture.activations[n] for n in self._names]
         columns, firsts = [], []
         with torch.inference_mode(False), torch.enable_grad():
@@ -189,17 +187,12 @@ class TorchPass:
                         (hx,) = torch.autograd.grad(g, x, x.detach(), retain_graph=True, allow_unused=True)
                     column.append(hx if hx is not None else torch.zeros_like(x))
                 columns.append(column)
-        self._kept = (_key(targets), _stack(firsts, self._names))
-        return _stack(columns, self._names)
+        return _stack(firsts, self._names), _stack(columns, self._names)
 
 
 def _stack(columns: list[list[torch.Tensor]], names: list[str]) -> dict[str, np.ndarray]:
     """Per layer, the columns' tensors stacked on a new target axis 1, as NumPy."""
     return {name: np.stack([_numpy(c[i]) for c in columns], axis=1) for i, name in enumerate(names)}
-
-
-def _key(targets: np.ndarray) -> bytes:
-    return np.ascontiguousarray(targets, dtype=np.int64).tobytes() + bytes(str(targets.shape), "ascii")
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
