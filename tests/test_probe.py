@@ -21,13 +21,12 @@ class PositionOcclusion(Method):
     needs = frozenset({Need.FORWARDS})
 
     def maps(self, record: LayerRecord) -> np.ndarray:
-        assert record.probe is not None and record.logits is not None
+        assert record.probe is not None and record.scores is not None
         n, c, h, w = record.activations.shape
         masks = 1.0 - np.eye(h * w, dtype=np.float32).reshape(h * w, 1, h, w)
         replaced = record.activations[:, None] * masks[None]  # (N, hw, C, h, w)
-        scores = record.probe.score_replaced(record.layer, replaced)  # (N, hw, classes)
-        rows = np.arange(n)[:, None]
-        drop = record.logits[rows, record.targets][:, None, :] - np.take_along_axis(scores, record.targets[:, None, :], 2)
+        scores = record.probe.score_replaced(record.layer, replaced, record.columns)  # (N, hw, K)
+        drop = record.scores[:, None, :] - scores
         return drop.transpose(0, 2, 1).reshape(n, -1, h, w)
 
 

@@ -123,6 +123,25 @@ def draw_boxes(image: Image.Image, boxes: list[Box], colour: tuple[int, int, int
     return out
 
 
+def mark(image: Image.Image, region: np.ndarray | None = None, box: tuple[float, float, float, float] | None = None,
+         colour: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """A copy of ``image`` with what a target explained outlined: a region's ``(H, W)`` bool
+    mask (its boundary pixels) and/or a box (x0, y0, x1, y1)."""
+    from PIL import ImageDraw
+    from scipy import ndimage
+
+    out = image.convert("RGB")
+    line = max(1, round(max(image.size) / 150))
+    if region is not None and region.any():
+        edge = region & ~ndimage.binary_erosion(region, iterations=line, border_value=0)
+        pixels = np.asarray(out).copy()
+        pixels[edge] = colour
+        out = Image.fromarray(pixels)
+    if box is not None and all(np.isfinite(box)):
+        ImageDraw.Draw(out).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=colour, width=line)
+    return out
+
+
 def class_grid(
     image: Image.Image,
     maps: np.ndarray,

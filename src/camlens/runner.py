@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from camlens import render
-from camlens.errors import CamlensError, ImageError
+from camlens.errors import CamlensError, ImageError, TargetError
 from camlens.explain import Explanation, Lens, Prediction, TargetSpec
 from camlens.imageio import output_path, read_image, safe_part, save_array, save_image, unique_stems, write_atomic
 
@@ -66,12 +66,14 @@ def run(
     root: Path | None = None,
     progress: Callable[[int], None] = lambda n: None,
     fuse: str | None = None,
+    mask: Path | None = None,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``.
 
     ``layers`` empty means the automatic layer; with several, file names include the layer
     (and ``fuse`` adds the fused map). With ``target="all"`` each image, method and layer gets
     one ``.npy`` of every class's raw map, ``(classes, h, w)``, and one class-grid image.
+    ``mask`` is a region file for segmentation targets (see :meth:`Lens.explain`).
 
     A file that cannot be read, or whose outputs already exist, is reported and skipped; the
     run goes on. Errors that concern every file (unknown method, layer, class) raise at once.
@@ -80,7 +82,8 @@ def run(
     render.check_alpha(options.alpha)
     if batch_size < 1:
         raise CamlensError("batch size must be at least 1")
-    every = lens.parse_targets(target).every
+    request = lens.parse_targets(target, mask)  # bad targets and masks fail here, once, before any output
+    every = request.every
     layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
     lens.explainer(methods, layer_spec, fuse)  # unknown methods, layers and fusions fail here, before any output
     try:
@@ -94,11 +97,15 @@ def run(
         loaded = []
         for report in chunk:
             try:
-                loaded.append((report, read_image(report.source)))
+                picture = read_image(report.source)
+                request.check(picture)
+                loaded.append((report, picture))
             except ImageError as exc:
                 report.error = str(exc)
+            except TargetError as exc:
+                report.error = f"{report.source}: {exc}"
         if loaded:
-            results = lens.explain([img for _, img in loaded], methods, layer_spec, target, top, fuse)
+            results = lens.explain([img for _, img in loaded], methods, layer_spec, request, top, fuse)
             for (report, _), explanations in zip(loaded, results, strict=True):
                 report.predictions = explanations[0].predictions
                 write = _write_all_classes if every else _write
@@ -116,7 +123,8 @@ def _write(
     jobs = [(path, partial(_write_one, exp, kind, path, options)) for exp, files in plan for path, kind in files]
     if _write_all_or_none(report, jobs, options.overwrite):
         report.explanations = [
-            {"method": e.method, "layer": e.layer, "target": e.target.to_dict(), "outputs": [str(p) for p, _ in files]}
+            {"method": e.method, "layer": e.layer, "kind": e.kind, "target": e.target.to_dict(), "explained": e.name,
+             "outputs": [str(p) for p, _ in files]}
             for e, files in plan
         ]
 
@@ -145,7 +153,7 @@ def _write_all_classes(
 
 
 def _class_grid(exps: list[Explanation], stack: np.ndarray, path: Path, options: RenderOptions) -> Path:
-    probs = np.array([e.target.probability for e in exps])
+    probs = np.array([e.target.probability or 0.0 for e in exps])
     labels = [e.target.label.split(",")[0] for e in exps]
     return save_image(render.class_grid(exps[0].image, stack, labels, probs, options.colormap, options.alpha), path,
                       options.overwrite)
@@ -176,7 +184,7 @@ def _planned_files(
 ) -> list[tuple[Path, str]]:
     """``(path, kind)`` of every file for one explanation; kind is overlay, panel or raw."""
     layer = f"_{safe_part(exp.layer)}" if multi_layer else ""
-    base = f"{stem}_{safe_part(exp.method)}{layer}_{exp.target.index}-{safe_part(exp.target.label.split(',')[0])}"
+    base = f"{stem}_{safe_part(exp.method)}{layer}_{exp.tag}"
     ext = "jpg" if options.image_format.lower() in {"jpg", "jpeg"} else "png"
     files = [(output_path(out, f"{base}.{ext}"), "overlay")]
     if options.panel:

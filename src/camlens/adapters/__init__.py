@@ -23,7 +23,7 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
     for an ``nn.Module``, :class:`~camlens.adapters.keras.KerasExplainer` for a Keras 3 model.
 
     Raises:
-        CamlensError: ``model`` is neither, or ``output`` is given for a PyTorch model.
+        CamlensError: ``model`` is neither.
     """
     from camlens.adapters.backends import is_keras_model
 
@@ -35,11 +35,9 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
 
     if not isinstance(model, torch.nn.Module):
         raise CamlensError(f"expected a PyTorch nn.Module or a Keras 3 model, got {type(model).__name__}")
-    if output is not None:
-        raise CamlensError("output= picks an output of a multi-output Keras model; this is a PyTorch model")
     from camlens.adapters.pytorch import TorchExplainer
 
-    return TorchExplainer(model, method, layer, fuse)
+    return TorchExplainer(model, method, layer, fuse, output=output)
 
 
 class Explainer:
@@ -47,12 +45,14 @@ class Explainer:
     PyTorch module (``(N, C, H, W)`` tensors) or a Keras 3 model (``(N, H, W, C)`` arrays).
 
     Args:
-        model: an ``nn.Module`` or a Keras 3 model returning ``(N, classes)`` scores.
+        model: an ``nn.Module`` or a Keras 3 model: a classifier (any head), a regression or
+            embedding model, a segmentation model, or (PyTorch) a torchvision detector.
         method: a method name (``camlens methods`` lists them), a :class:`~camlens.core.methods.Method`,
             or a sequence of them.
         layer: a layer name, a module/layer object, a sequence of those, or ``None`` for the
             last spatial layer before the classifier's pooling.
-        output: for a multi-output Keras model, the output to explain (index or name).
+        output: the output to explain: of a multi-output Keras model (index or name), of a
+            PyTorch model returning a tuple (index) or a dict/``ModelOutput`` (key).
         fuse: with several layers, also combine each method's maps into one, stored under the
             layer key ``"mean(layer3+layer4)"`` (``mean``, ``max`` or ``product``).
 
@@ -69,8 +69,9 @@ class Explainer:
         return list(self._impl.methods)
 
     def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
-        """Explain ``batch`` (already preprocessed); ``targets`` as in
-        :func:`camlens.core.targets.resolve_targets`, ``top`` the best classes when ``targets`` is None."""
+        """Explain ``batch`` (already preprocessed). ``targets``: a :mod:`camlens.targets` kind
+        or a list of them, or class indices as in :func:`camlens.core.targets.as_targets`;
+        ``top`` the best classes when ``targets`` is None."""
         result: CamResult = self._impl(batch, targets, top=top)
         return result
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from camlens.core.result import CamResult
+from camlens.core.targets import Output
 
 if TYPE_CHECKING:
     from camlens.models.registry import LoadedModel
@@ -26,8 +27,9 @@ class Backend(Protocol):
     def to_input(self, loaded: LoadedModel, batch: np.ndarray) -> Any:
         """The preprocessed NumPy batch as the model's input."""
 
-    def logits(self, loaded: LoadedModel, batch: Any) -> np.ndarray:
-        """``(N, classes)`` pre-softmax scores, no gradients."""
+    def output(self, loaded: LoadedModel, batch: Any) -> Output:
+        """The model's output for a batch as NumPy-readable :class:`~camlens.core.targets.Output`
+        (``.array``, ``.probabilities``), no gradients."""
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
         """A callable ``(batch, targets, top=None) -> CamResult``."""
@@ -47,23 +49,24 @@ class TorchBackend:
 
         return torch.from_numpy(batch).to(loaded.device)
 
-    def logits(self, loaded: LoadedModel, batch: Any) -> np.ndarray:
+    def output(self, loaded: LoadedModel, batch: Any) -> Output:
         import torch
 
-        from camlens.adapters.pytorch.capture import logits_of
+        from camlens.adapters.pytorch.outputs import canonical
 
         with torch.no_grad():
-            return logits_of(loaded.model(batch)).float().cpu().numpy()
+            raw = loaded.model(batch)
+        return canonical(raw, loaded.output, (int(batch.shape[-2]), int(batch.shape[-1])), batch.device)
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
         from camlens.adapters.pytorch.extractor import TorchExplainer
 
-        return TorchExplainer(loaded.model, method, layer, fuse)
+        return TorchExplainer(loaded.model, method, layer, fuse, output=loaded.output)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.pytorch.extractor import feature_maps
 
-        return feature_maps(loaded.model, batch, layer)
+        return feature_maps(loaded.model, batch, layer, output=loaded.output)
 
     def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
         from camlens.adapters.pytorch.layers import auto_layer, trace
@@ -79,12 +82,12 @@ class KerasBackend:
     def to_input(self, loaded: LoadedModel, batch: np.ndarray) -> Any:
         return batch
 
-    def logits(self, loaded: LoadedModel, batch: Any) -> np.ndarray:
+    def output(self, loaded: LoadedModel, batch: Any) -> Output:
         from camlens.adapters.keras import routes
         from camlens.adapters.keras.head import find_head
 
         head = find_head(loaded.model, loaded.output)
-        return routes.forward_pass(loaded.model, batch, [], head, with_gradients=False).logits
+        return routes.forward_pass(loaded.model, batch, [], head, with_gradients=False).output
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
         from camlens.adapters.keras.extractor import KerasExplainer

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from camlens.cli.common import (
     DeviceOpt,
+    HeadlessOpt,
     LabelsOpt,
     MethodOpt,
     ModelOpt,
@@ -32,6 +33,7 @@ from camlens.cli.common import (
     parse_methods,
     progress_bar,
     split,
+    target_help,
 )
 from camlens.errors import CamlensError, ImageError
 
@@ -47,9 +49,11 @@ def explain(
     layer: Annotated[
         list[str] | None, typer.Option("--layer", help="Target layer(s), dotted names; default: the last spatial layer.")
     ] = None,
-    target: Annotated[
-        list[str] | None,
-        typer.Option("--target", "-t", help="Class: index, name, top-K (repeatable), or all (every class). Default: top-1."),
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help=target_help())] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option("--mask", help="Segmentation models: an image of the input's size whose nonzero pixels are the "
+                     "region to explain (with the --target class, or the class winning most of it)."),
     ] = None,
     fuse: Annotated[
         str | None, typer.Option("--fuse", help="With several --layer, also a map fusing them: mean, max or product.")
@@ -66,6 +70,7 @@ def explain(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     device: DeviceOpt = "auto",
     output: OutputOpt = None,
+    headless: HeadlessOpt = False,
 ) -> None:
     """Explain images: predictions, then a heatmap overlay per method, layer and target."""
     from camlens import runner
@@ -73,13 +78,14 @@ def explain(
     if image_format.lower() not in {"png", "jpg", "jpeg"}:
         raise CamlensError(f"unknown output format {image_format!r}; use png or jpg")
     files, root = expand_inputs(inputs, recursive)
-    lens = open_lens(model, weights, labels, device, output, trust_pickle)
+    lens = open_lens(model, weights, labels, device, output, trust_pickle, headless)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
     with progress_bar(len(files), "explaining") as bar:
         task = bar.add_task("explain", total=len(files))
         report = runner.run(
             lens, files, out, methods=parse_methods(method), layers=split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
+            mask=mask,
         )
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
@@ -88,7 +94,7 @@ def explain(
 
 
 def _print_predictions(images, top: int) -> None:  # type: ignore[no-untyped-def]
-    ok = [r for r in images if not r.error]
+    ok = [r for r in images if not r.error and r.predictions]
     if len(ok) == 1:
         table = Table(title=f"{ok[0].source}: top {top}")
         table.add_column("#", justify="right")
@@ -206,6 +212,29 @@ def method_rows() -> list[tuple[str, tuple[str, ...], str, str, str, str, str]]:
 
 
 @app.command()
+def targets(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (the README's table).")] = False,
+) -> None:
+    """List the target kinds: what score a map explains, which model outputs each reads, how to ask for it."""
+    from camlens.core.targets import target_kinds
+
+    outputs = {"scores": "score vector", "maps": "segmentation", "detections": "detector"}
+    rows = [(k.__name__, k.summary, ", ".join(outputs[o] for o in k.outputs), k.cli) for k in target_kinds()]
+    if markdown:
+        out_console.print("| kind | explains | model outputs | --target |")
+        out_console.print("| --- | --- | --- | --- |")
+        for name, summary, reads, cli in rows:
+            out_console.print(f"| `{name}` | {summary} | {reads} | {cli} |", soft_wrap=True)
+        return
+    table = Table(title=f"{len(rows)} target kinds (camlens.targets)")
+    for column in ("kind", "explains", "model outputs", "--target"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out_console.print(table)
+
+
+@app.command()
 def classes(
     word: Annotated[str, typer.Argument(help="Part of a class name; empty lists all.")] = "",
     model: Annotated[str, typer.Option("--model", "-m", help="A checkpoint file whose labels to search.")] = "efficientnet_lite0",
@@ -245,7 +274,7 @@ def demo(
         [out / "samples"], method=["cam,gradcam,gradcam++"], layer=None, target=None, panel=True, out=out,
         overwrite=overwrite, device=device, model="efficientnet_lite0", weights=None, labels=None, top=5,
         colormap="jet", alpha=0.5, save_raw=False, image_format="png", recursive=False, batch_size=len(images),
-        output=None, trust_pickle=False, fuse=None,
+        output=None, trust_pickle=False, fuse=None, mask=None, headless=False,
     )
 
 

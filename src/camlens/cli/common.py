@@ -53,7 +53,7 @@ class SafeConsole(Console):
 out_console = SafeConsole()
 err_console = SafeConsole(stderr=True)
 
-_CLI_FLAGS = {"trust_pickle=True": "--trust-pickle"}
+_CLI_FLAGS = {"trust_pickle=True": "--trust-pickle", "output=": "--output "}
 
 
 def for_cli(message: str) -> str:
@@ -72,7 +72,14 @@ WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weight
 LabelsOpt = Annotated[Path | None, typer.Option("--labels", help="Labels file: one class name per line, or JSON.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 OutputOpt = Annotated[
-    str | None, typer.Option("--output", help="Multi-output Keras model: the output to explain (index or name).")
+    str | None,
+    typer.Option("--output", help="The output to explain: a multi-output Keras model's (index or name), or a PyTorch "
+                 "model's tuple index or dict/ModelOutput key (default: the first tensor, logits or out)."),
+]
+HeadlessOpt = Annotated[
+    bool,
+    typer.Option("--headless", help="Drop the classifier: the model outputs its pooled features (an embedding), "
+                 "for --target similar-to:IMAGE."),
 ]
 MethodOpt = Annotated[
     list[str],
@@ -102,13 +109,22 @@ def parse_methods(values: list[str]) -> list[str]:
 
 def open_lens(  # type: ignore[no-untyped-def]
     model: str, weights: Path | None, labels: Path | None, device: str, output: str | None = None,
-    trust_pickle: bool = False,
+    trust_pickle: bool = False, headless: bool = False,
 ):
     from camlens.explain import Lens
 
     chosen: int | str | None = int(output) if output is not None and output.isdigit() else output
     with err_console.status(f"loading {model}..."):
-        return Lens(model, weights=weights, labels=labels, device=device, output=chosen, trust_pickle=trust_pickle)
+        return Lens(model, weights=weights, labels=labels, device=device, output=chosen, trust_pickle=trust_pickle,
+                    headless=headless)
+
+
+def target_help() -> str:
+    """``--target`` help from the target registry."""
+    from camlens.core.targets import target_kinds
+
+    forms = [k.cli for k in target_kinds() if k.cli and not k.cli.startswith("(")]
+    return f"What to explain (repeatable): {'; '.join(forms)}. Default: top-1. `camlens targets` describes them."
 
 
 def expand_inputs(paths: list[Path], recursive: bool) -> tuple[list[Path], Path | None]:

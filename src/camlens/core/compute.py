@@ -11,6 +11,7 @@ from camlens.core.fusion import fused_name
 from camlens.core.methods import Method
 from camlens.core.record import ForwardPass, LayerRecord, Need
 from camlens.core.result import CamResult
+from camlens.core.targets import SCORES, Column, classes_of
 from camlens.errors import MethodError
 
 CHUNK_BYTES = 256 * 2**20
@@ -22,48 +23,62 @@ def needs_of(methods: Sequence[Method]) -> frozenset[Need]:
     return frozenset().union(*(m.needs for m in methods))
 
 
-def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray, fuse: str | None = None) -> CamResult:
-    """Maps of every method at every captured layer for every target column.
+def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], fuse: str | None = None) -> CamResult:
+    """Maps of every method at every captured layer for every explained score.
 
-    Targets are walked in chunks of columns so that gradients for many targets (``all``
-    classes) never exceed about :data:`CHUNK_BYTES`; the adapter computes gradients (and
-    second-order products) only when a method needs them.
+    Score columns are walked in chunks so that gradients for many targets (``all`` classes)
+    never exceed about :data:`CHUNK_BYTES`; the adapter computes gradients (and second-order
+    products) only when a method needs them.
 
     Args:
-        fwd: the adapter's forward pass of the batch.
+        fwd: the adapter's forward pass of the batch, scoring ``columns``.
         methods: the methods to run (already resolved).
-        targets: ``(N, K)`` class indices.
+        columns: the batch's target columns (see :func:`camlens.core.targets.resolve`).
         fuse: also combine each method's layers into one map (see :func:`camlens.core.fusion.fuse`),
             stored under the layer key :func:`~camlens.core.fusion.fused_name`.
 
     Returns:
         A :class:`CamResult` with ``maps[method][layer]`` of shape ``(N, K, h, w)``.
+
+    Raises:
+        MethodError: CAM asked for a score that is not a class logit of its linear head.
     """
     needs = needs_of(methods)
+    targets = classes_of(columns)
     head = fwd.head if Need.CLASS_WEIGHTS in needs else None
-    if Need.CLASS_WEIGHTS in needs and head is None:
-        raise MethodError("CAM needs the classifier's weights, which the adapter did not find")
+    if Need.CLASS_WEIGHTS in needs:
+        if head is None:
+            raise MethodError("CAM needs the classifier's weights, which the adapter did not find")
+        for c in columns:
+            if not c.linear:
+                raise MethodError(
+                    f"CAM explains a class logit of a linear head after global pooling; a {c.kind} target is not "
+                    "one (use a gradient method such as gradcam)"
+                )
     acts = dict(fwd.activations)
     probe = fwd.probe if Need.FORWARDS in needs else None
     if Need.FORWARDS in needs and probe is None:
         raise MethodError("a method needs extra forward passes, which this adapter did not provide")
-    chunk = _chunk(acts, targets.shape, needs)
+    count = len(columns)
+    chunk = _chunk(acts, (targets.shape[0], count), needs)
     parts: dict[str, dict[str, list[np.ndarray]]] = {m.name: {name: [] for name in acts} for m in methods}
-    for start in range(0, targets.shape[1], chunk):
-        cols = np.ascontiguousarray(targets[:, start : start + chunk])
+    for start in range(0, count, chunk):
+        index = np.arange(start, min(start + chunk, count))
+        cols = np.ascontiguousarray(targets[:, index])
         grads: Mapping[str, np.ndarray] = {}
         hessian: Mapping[str, np.ndarray] = {}
         if Need.HESSIAN in needs:
-            grads, hessian = fwd.hessian_products(cols)
+            grads, hessian = fwd.hessian_products(index)
         elif Need.GRADIENTS in needs:
-            grads = fwd.gradients(cols)
+            grads = fwd.gradients(index)
         for name, a in acts.items():
             weights = features = None
             if head is not None and head.layer == name:
                 shared = bool((cols == cols[:1]).all())  # same classes for every sample ("all", a class list)
                 weights = head.weights[cols[0]][None] if shared else head.weights[cols]
                 features = head.features
-            record = LayerRecord(name, a, cols, grads.get(name), hessian.get(name), weights, features, fwd.logits, probe)
+            record = LayerRecord(name, a, cols, grads.get(name), hessian.get(name), weights, features,
+                                 fwd.scores[:, index], probe, index)
             for m in methods:
                 if Need.CLASS_WEIGHTS in m.needs and weights is None:
                     raise MethodError(f"{m.title} needs the classifier's weights at layer {name!r}")
@@ -72,7 +87,16 @@ def run(fwd: ForwardPass, methods: Sequence[Method], targets: np.ndarray, fuse: 
     if fuse is not None:
         for by_layer in maps.values():
             by_layer[fused_name(fuse, list(by_layer))] = fusion.fuse(by_layer, fuse)
-    return CamResult(logits=fwd.logits, targets=targets, maps=maps, activations=acts)
+    out = fwd.output
+    return CamResult(
+        logits=out.array if out.kind == SCORES else None,
+        probabilities=out.probabilities,
+        targets=targets,
+        columns=tuple(columns),
+        scores=fwd.scores,
+        maps=maps,
+        activations=acts,
+    )
 
 
 def _chunk(acts: dict[str, np.ndarray], shape: tuple[int, ...], needs: frozenset[Need]) -> int:

@@ -1,9 +1,10 @@
 """The one contract between framework adapters and methods.
 
-An adapter runs the model once per batch and hands the core a :class:`ForwardPass`: logits,
-every target layer's activations (channels first), the CAM head when one was asked for,
-functions that take gradients (and second-order products) for a chunk of target columns, and a
-:class:`Probe` for methods that need more forward passes (masked inputs, a layer replaced).
+An adapter runs the model once per batch and hands the core a :class:`ForwardPass`: the model's
+:class:`~camlens.core.targets.Output`, the explained scores (one column per target, see
+:mod:`camlens.core.targets`), every target layer's activations (channels first), the CAM head
+when one was asked for, functions that take gradients (and second-order products) of a chunk of
+score columns, and a :class:`Probe` for methods that need more forward passes.
 The core walks the targets in chunks, builds a :class:`LayerRecord` per layer and chunk, and
 each method maps a record to raw maps. Nothing here imports a framework.
 """
@@ -17,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from camlens.core.targets import Output
 from camlens.errors import LayerError, MethodError
 
 
@@ -52,12 +54,14 @@ class ClassifierHead:
 class Probe(Protocol):
     """Extra forward passes of one batch, as an adapter runs them: chunked (at most
     ``max_batch`` inputs per forward), without gradients, on the model's device. Both return
-    the model's ``(N, M, classes)`` pre-softmax scores, one row of ``M`` per sample.
+    ``(N, M, K)`` scores of the batch's target columns (the decisions each target froze on the
+    batch, applied to every new output), one row of ``M`` per sample.
     """
 
     max_batch: int
 
-    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0) -> np.ndarray:
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0,
+                     columns: np.ndarray | None = None) -> np.ndarray:
         """Scores of ``x * m + baseline * (1 - m)`` for each mask ``m``.
 
         Args:
@@ -65,10 +69,11 @@ class Probe(Protocol):
                 resolution, broadcast over channels.
             baseline: a value, or an array broadcastable to one preprocessed input in the
                 model's own layout (``(C, H, W)`` for PyTorch, ``(H, W, C)`` for Keras).
+            columns: which target columns to score (indices; a record's ``columns``), all by default.
         """
         ...
 
-    def score_replaced(self, layer: str, activations: np.ndarray) -> np.ndarray:
+    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         """Scores with ``layer``'s output replaced by each of ``activations``,
         ``(N, M, C, h, w)`` channels first (the adapter converts them to the layer's layout)."""
         ...
@@ -99,15 +104,20 @@ def per_sample_masks(masks: np.ndarray, n: int, size: tuple[int, int]) -> np.nda
 class ForwardPass(Protocol):
     """One forward pass of a batch, as an adapter holds it (see :func:`camlens.core.compute.run`).
 
-    ``activations`` are ``(N, C, h, w)`` NumPy arrays keyed by layer name. ``gradients`` takes
-    ``(N, k)`` class indices and returns, per layer, ``(N, k, C, h, w)`` arrays;
+    ``scores`` are the ``(N, K)`` explained scores, one column per
+    :class:`~camlens.core.targets.Column`. ``activations`` are ``(N, C, h, w)`` NumPy arrays
+    keyed by layer name. ``gradients`` takes ``(k,)`` column indices and returns, per layer,
+    ``(N, k, C, h, w)`` gradients of those scores;
     ``hessian_products`` returns the gradients it took on the way and the ``H A`` products, both
     so shaped, so that a method needing both costs no extra backward pass. The core calls them
     once per chunk of target columns, so memory stays bounded whatever the number of targets.
     """
 
     @property
-    def logits(self) -> np.ndarray: ...
+    def output(self) -> Output: ...
+
+    @property
+    def scores(self) -> np.ndarray: ...
 
     @property
     def activations(self) -> Mapping[str, np.ndarray]: ...
@@ -115,9 +125,9 @@ class ForwardPass(Protocol):
     @property
     def head(self) -> ClassifierHead | None: ...
 
-    def gradients(self, targets: np.ndarray) -> Mapping[str, np.ndarray]: ...
+    def gradients(self, columns: np.ndarray) -> Mapping[str, np.ndarray]: ...
 
-    def hessian_products(self, targets: np.ndarray) -> tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]: ...
+    def hessian_products(self, columns: np.ndarray) -> tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]: ...
 
     @property
     def probe(self) -> Probe | None: ...
@@ -130,14 +140,15 @@ class LayerRecord:
     Attributes:
         layer: the layer's name.
         activations: ``(N, C, h, w)``.
-        targets: ``(N, K)`` class indices.
-        gradients: ``(N, K, C, h, w)`` gradient of each target score (pre-softmax) with respect
-            to ``activations``, when a method needs it.
+        targets: ``(N, K)`` class index of each explained score (``-1`` where it has none).
+        gradients: ``(N, K, C, h, w)`` gradient of each explained score with respect to
+            ``activations``, when a method needs it.
         hessian_products: ``(N, K, C, h, w)`` ``H A`` for each target, when a method needs it.
         class_weights: ``(N, K, C)`` the classifier's weight row of each target (CAM), or
             ``(1, K, C)`` when every sample has the same targets (broadcast over the batch).
         features: ``(N, C, h, w)`` the maps the classifier pools (CAM), when known.
-        logits: ``(N, classes)`` the batch's pre-softmax scores.
+        scores: ``(N, K)`` the explained scores' values.
+        columns: ``(K,)`` which of the batch's target columns these are (for the probe).
         probe: extra forward passes of the batch, for methods that need :attr:`Need.FORWARDS`.
     """
 
@@ -148,5 +159,6 @@ class LayerRecord:
     hessian_products: np.ndarray | None = None
     class_weights: np.ndarray | None = None
     features: np.ndarray | None = None
-    logits: np.ndarray | None = None
+    scores: np.ndarray | None = None
     probe: Probe | None = None
+    columns: np.ndarray | None = None

@@ -14,7 +14,6 @@ from PIL import Image
 
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method, methods_from
-from camlens.core.scores import softmax
 from camlens.errors import CamlensError, ImageError, TargetError
 from camlens.evaluation import faithfulness
 from camlens.evaluation.annotations import Annotations
@@ -223,7 +222,7 @@ def evaluate(
     layer_name = ""
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        return softmax(lens.backend.logits(lens.loaded, lens.backend.to_input(lens.loaded, batch)))
+        return lens.backend.output(lens.loaded, lens.backend.to_input(lens.loaded, batch)).probabilities
 
     for chunk in _batches(items, batch_size):
         loaded: list[tuple[Item, Image.Image]] = []

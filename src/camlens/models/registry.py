@@ -28,7 +28,8 @@ class LoadedModel:
     """A model ready to explain, with labels and preprocessing.
 
     ``framework`` is ``"torch"`` (an ``nn.Module`` in eval mode on ``device``) or ``"keras"``
-    (a Keras 3 model; ``output`` picks the output of a multi-output model).
+    (a Keras 3 model); ``output`` picks the output to explain. ``embedding`` marks a model
+    that outputs features, not class scores (``headless``): it makes no class predictions.
     """
 
     name: str
@@ -38,6 +39,7 @@ class LoadedModel:
     device: torch.device
     framework: str = "torch"
     output: int | str | None = None
+    embedding: bool = False
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -61,15 +63,18 @@ def load_model(
     device: str | torch.device = "auto",
     output: int | str | None = None,
     trust_pickle: bool = False,
+    headless: bool = False,
 ) -> LoadedModel:
     """Build a model by name and return it ready to explain.
 
     Args:
-        name: ``efficientnet_lite0`` (bundled, offline), a torchvision classification model
-            (``resnet50``, ``vgg16``, ...), ``timm:NAME``, ``keras:NAME`` (a
+        name: ``efficientnet_lite0`` (bundled, offline), a torchvision classification,
+            segmentation or detection model (``resnet50``, ``fcn_resnet50``,
+            ``fasterrcnn_resnet50_fpn``...), ``timm:NAME``, ``keras:NAME`` (a
             ``keras.applications`` model), or a path to a camlens checkpoint, a pickled
             ``nn.Module``, or a Keras ``.keras``/``.h5`` model.
-        output: for a multi-output Keras model, the output to explain (index or name).
+        output: the output to explain: of a multi-output Keras model (index or name), or the
+            entry of a PyTorch model's tuple (index) or dict/``ModelOutput`` (key).
         weights: a local weights file (state dict) for the named architecture, instead of the
             official pretrained weights.
         labels: a labels file (one name per line, or JSON); ImageNet-1k names otherwise.
@@ -77,6 +82,8 @@ def load_model(
         trust_pickle: allow ``name`` to be a whole pickled ``nn.Module``, which runs any code
             the file holds; only for files from a source you trust. Weights files are always
             read weights-only.
+        headless: drop a PyTorch classifier's final layer, so that the model outputs its pooled
+            features: an embedding, for :class:`camlens.targets.Similarity`.
 
     Raises:
         ModelError: unknown name, weights missing offline, or an unreadable/mismatched file.
@@ -94,10 +101,12 @@ def load_model(
         built, prep, names = _from_file(Path(name), trust_pickle)
     else:
         built, prep = _builder(name)(weights_path)
-        names = None
+        names = _torchvision_categories(name) if weights_path is None else None
+    if headless:
+        built, names = _headless(built, name), None
     model = built.eval().to(dev)
     lab = labels_mod.from_file(labels) if labels is not None else Labels(tuple(names)) if names else None
-    return LoadedModel(name, model, _check_labels(lab, _num_classes(model)), prep, dev)
+    return LoadedModel(name, model, _torch_labels(lab, model), prep, dev, output=output, embedding=headless)
 
 
 def wrap_model(
@@ -130,7 +139,30 @@ def wrap_model(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     prep = preprocessing or Preprocessing()
-    return LoadedModel(name or type(model).__name__, model, _check_labels(lab, _num_classes(model)), prep, device)
+    return LoadedModel(name or type(model).__name__, model, _torch_labels(lab, model), prep, device, output=output)
+
+
+def _headless(model: nn.Module, name: str) -> nn.Module:
+    """``model`` without its classifier (timm's ``reset_classifier(0)``, or a torchvision
+    model's ``fc``/``classifier``/``head``/``heads`` replaced by an identity)."""
+    reset = getattr(model, "reset_classifier", None)
+    if callable(reset):
+        reset(0)
+        return model
+    for attr in ("fc", "classifier", "head", "heads"):
+        if isinstance(getattr(model, attr, None), nn.Module):
+            setattr(model, attr, nn.Identity())
+            return model
+    raise ModelError(f"{name}: cannot tell which layer is the classifier to drop for --headless")
+
+
+def _torch_labels(lab: Labels | None, model: nn.Module) -> Labels:
+    """Labels checked against the model's classes; a one-unit head is ``negative, positive``
+    (its two scores, see :func:`camlens.adapters.pytorch.outputs.canonical`)."""
+    count = _num_classes(model)
+    if count == 1:
+        return _check_labels(lab, 2, Labels(("negative", "positive")))
+    return _check_labels(lab, count)
 
 
 def _check_labels(lab: Labels | None, num_classes: int, default: Labels | None = None) -> Labels:
@@ -237,7 +269,23 @@ def _timm_preprocessing(model: nn.Module) -> Preprocessing:
 def _torchvision_names() -> list[str]:
     import torchvision.models as tvm
 
-    return tvm.list_models(module=tvm)
+    return [*tvm.list_models(module=tvm), *_dense_names()]
+
+
+def _dense_names() -> list[str]:
+    """torchvision's segmentation and detection models."""
+    import torchvision.models as tvm
+
+    return [*tvm.list_models(module=tvm.segmentation), *tvm.list_models(module=tvm.detection)]
+
+
+def _torchvision_categories(name: str) -> list[str] | None:
+    """The class names of a torchvision segmentation or detection model's weights."""
+    if name not in _dense_names():
+        return None
+    import torchvision.models as tvm
+
+    return list(tvm.get_model_weights(name).DEFAULT.meta["categories"])
 
 
 def _torchvision(name: str, weights: Path | None) -> tuple[nn.Module, Preprocessing]:
@@ -257,10 +305,19 @@ def _torchvision(name: str, weights: Path | None) -> tuple[nn.Module, Preprocess
     return model, prep
 
 
+DETECTION_INPUT = (640, 640)
+"""The input size camlens gives torchvision detectors (they resize again inside, to their ``min_size``)."""
+
+
 def _torchvision_preprocessing(name: str) -> Preprocessing:
     import torchvision.models as tvm
 
     t = tvm.get_model_weights(name).DEFAULT.transforms()
+    if name in tvm.list_models(module=tvm.detection):  # they take [0, 1] pixels and normalise inside
+        return Preprocessing((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), DETECTION_INPUT, "bilinear")
+    if name in tvm.list_models(module=tvm.segmentation):
+        size = int(t.resize_size[0])
+        return Preprocessing(tuple(t.mean), tuple(t.std), (size, size), t.interpolation.value)
     crop = t.crop_size[0]
     return Preprocessing(tuple(t.mean), tuple(t.std), (crop, crop), t.interpolation.value)
 
@@ -321,10 +378,17 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
 
 
 def _num_classes(model: nn.Module) -> int:
-    """Number of classes: outputs of the model's last linear (or, for all-conv heads, conv) layer.
+    """Number of classes: a torchvision detector's, or the outputs of the model's last linear
+    (or, for all-conv heads, conv) layer.
 
     Read from the modules, never from a forward pass, so a model in training mode is not touched.
     """
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    if isinstance(getattr(predictor, "cls_score", None), nn.Linear):
+        return int(predictor.cls_score.out_features)  # type: ignore[union-attr]
+    head = getattr(getattr(model, "head", None), "classification_head", None)
+    if isinstance(getattr(head, "num_classes", None), int):
+        return int(head.num_classes)  # type: ignore[union-attr]
     for module in reversed(list(model.modules())):
         if isinstance(module, nn.Linear):
             return module.out_features

@@ -16,7 +16,8 @@ from camlens.core.head import check_cam_layers, no_head, pooled_features
 from camlens.core.methods import Method, methods_from
 from camlens.core.record import ClassifierHead, Need
 from camlens.core.result import CamResult
-from camlens.core.targets import Targets, resolve_targets
+from camlens.core.targets import Targets
+from camlens.core.targets import resolve as resolve_columns
 from camlens.errors import CamlensError
 
 KerasLayerSpec = str | Any
@@ -27,8 +28,9 @@ class KerasExplainer:
     """CAMs for a Keras model (functional, Sequential, nested), one forward pass per batch.
 
     Args:
-        model: a built Keras 3 model whose (chosen) output is ``(N, classes)`` scores, with or
-            without a final softmax/sigmoid (pre-activation scores are explained either way).
+        model: a built Keras 3 model whose (chosen) output is ``(N, classes)`` scores or
+            ``(N, h, w, classes)`` segmentation maps, with or without a final softmax/sigmoid
+            (pre-activation scores are explained either way).
         method: a method name, a :class:`~camlens.core.Method`, or a sequence of them.
         layer: ``"name"``, ``"nested_model/name"``, a layer object, a sequence of those, or
             ``None`` for the last spatial layer before global pooling.
@@ -70,7 +72,8 @@ class KerasExplainer:
         return [name_of(p) for p in self.paths]
 
     def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
-        """Explain ``batch`` (``(N, H, W, C)``, already preprocessed)."""
+        """Explain ``batch`` (``(N, H, W, C)``, already preprocessed); ``targets`` as for
+        :class:`~camlens.adapters.pytorch.TorchExplainer` (:mod:`camlens.targets` kinds, indices...)."""
         if self.model is None:
             raise CamlensError("this explainer is closed")
         if np.ndim(batch) != 4:
@@ -78,14 +81,16 @@ class KerasExplainer:
         second = Need.HESSIAN in self._needs
         grads = bool(self._needs & {Need.GRADIENTS, Need.HESSIAN})
         fwd = routes.forward_pass(self.model, batch, self.paths, self.head, grads, second)
+        columns = resolve_columns(targets, fwd.output, top)
+        fwd.bind(columns)
         if Need.CLASS_WEIGHTS in self._needs:
             name = name_of(self.paths[0])
             eps = _EPS.get(str(getattr(self.head.dense, "compute_dtype", "float32")), _EPS["float32"])
             features = pooled_features(fwd.activations[name], fwd.head_input, name, eps=eps)
             fwd.head = ClassifierHead(name, features, self.head.class_weights())
         if Need.FORWARDS in self._needs:
-            fwd.probe = routes.KerasProbe(self.model, batch, self.paths, self.head)
-        return run(fwd, self.methods, resolve_targets(targets, fwd.logits, top), self._fuse)
+            fwd.probe = routes.KerasProbe(self.model, batch, self.paths, self.head, columns)
+        return run(fwd, self.methods, columns, self._fuse)
 
     def close(self) -> None:
         """Drop the reference to the model."""

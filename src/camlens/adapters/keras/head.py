@@ -2,9 +2,10 @@
 
 camlens explains pre-activation scores without editing the model: a softmax or sigmoid in the
 output Dense is skipped by computing ``x @ kernel + bias`` in its place during the run, and a
-trailing ``Activation``/``Softmax`` layer is passed through. A single-unit sigmoid head becomes
-the two logits ``[-z/2, z/2]`` of the equivalent softmax (negative, positive class): their
-softmax is exactly ``[1 - sigmoid(z), sigmoid(z)]``.
+trailing ``Activation``/``Softmax`` layer is passed through. A single-unit head becomes the two
+logits ``[-z/2, z/2]`` of the equivalent softmax (negative, positive class): their softmax is
+exactly ``[1 - sigmoid(z), sigmoid(z)]``. Segmentation heads (a convolution with ``(N, h, w,
+classes)`` output) are read the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _PASS_THROUGH = (keras.layers.Activation, keras.layers.Softmax)
 
 @dataclass(frozen=True)
 class Head:
-    """How to get pre-activation class scores from one output of a model."""
+    """How to get pre-activation scores from one output of a model: ``(N, classes)`` from a
+    Dense layer, or ``(N, h, w, classes)`` maps from a convolution (segmentation heads)."""
 
     output_index: int
     kind: str  # "logits", "softmax" or "sigmoid"
@@ -31,10 +33,11 @@ class Head:
     dense_path: LayerPath | None = None
     dense: Any = None
     skip_path: LayerPath | None = None
+    maps: bool = False
 
     @property
     def binary(self) -> bool:
-        return self.kind == "sigmoid" and self.units == 1
+        return self.units == 1 and not self.maps
 
     @property
     def num_classes(self) -> int:
@@ -66,8 +69,8 @@ def find_head(model: Any, output: int | str | None = None) -> Head:
         raise ModelError(f"model has no output {output!r}; outputs: {', '.join(names)}")
     tensor = outputs[index]
     shape = tuple(tensor.shape)
-    if len(shape) != 2 or shape[1] is None:
-        raise ModelError(f"output {names[index]!r} has shape {shape}; expected (N, classes)")
+    if len(shape) not in (2, 4) or shape[-1] is None:
+        raise ModelError(f"output {names[index]!r} has shape {shape}; expected (N, classes) or (N, H, W, classes) maps")
     op = tensor._keras_history.operation
     skip = None
     kind = "logits"
@@ -76,21 +79,28 @@ def find_head(model: Any, output: int | str | None = None) -> Head:
         if kind != "logits":
             skip = (op.name,)
             op = op.input._keras_history.operation
-    dense = op if isinstance(op, keras.layers.Dense) else None
+    maps = len(shape) == 4
+    wanted = _CONVS if maps else keras.layers.Dense
+    dense = op if isinstance(op, wanted) and getattr(op, "data_format", "channels_last") == "channels_last" else None
     if dense is not None and skip is None:
         kind = _kind(dense.activation)
-    return Head(index, kind, int(shape[1]), (dense.name,) if dense is not None else None, dense, skip)
+    return Head(index, kind, int(shape[-1]), (dense.name,) if dense is not None else None, dense, skip, maps)
 
 
-def pre_activation(dense: Any, x: Any) -> Any:
-    """``x @ kernel + bias`` of a Dense layer: its output without the activation."""
-    y = keras.ops.matmul(x, dense.kernel)
-    return keras.ops.add(y, dense.bias) if dense.use_bias else y
+_CONVS = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
 
 
-def scores(head: Head, z: Any) -> Any:
-    """Class scores from the head's pre-activation output (two logits for a binary sigmoid)."""
-    return keras.ops.concatenate([-z / 2, z / 2], axis=1) if head.binary else z
+def pre_activation(layer: Any, x: Any) -> Any:
+    """A Dense or convolution layer's output without its activation (``x @ kernel + bias``, or
+    the convolution plus bias)."""
+    if isinstance(layer, keras.layers.Dense):
+        y = keras.ops.matmul(x, layer.kernel)
+    elif isinstance(layer, keras.layers.Conv2DTranspose):
+        y = keras.ops.conv_transpose(x, layer.kernel, layer.strides, layer.padding, layer.output_padding, layer.data_format,
+                                    layer.dilation_rate)
+    else:
+        y = layer.convolution_op(x, layer.kernel)
+    return keras.ops.add(y, layer.bias) if layer.use_bias else y
 
 
 def _kind(activation: Any) -> str:

@@ -1,14 +1,15 @@
 """One forward pass through a Keras model that captures layer outputs, and gradients of the
-target scores with respect to them, by each backend's own route:
+explained scores with respect to them, by each backend's own route:
 
 * TensorFlow: ``tf.GradientTape`` watching the captured outputs (no variables watched).
 * PyTorch: a zero tensor that requires grad is added to each captured output, and
   ``torch.autograd.grad`` is taken with respect to those only (no parameter ``.grad`` filled).
-* JAX: the same zero offsets are the arguments of ``jax.vjp``; one VJP call per target column.
+* JAX: the same zero offsets are the arguments of ``jax.vjp``; the targets' scores get their
+  own VJP on the output, chained to the model's.
 
 Second-order products (:math:`H A`, for Shapley-CAM) come from nested tapes (TensorFlow),
-``create_graph`` (PyTorch) and a JVP of the gradient (JAX). Targets are chosen from the logits
-between the forward and the backward passes, so top-k targets cost no second forward.
+``create_graph`` (PyTorch) and a JVP of the gradient (JAX). Targets freeze their decisions on
+the output between the forward and the backward passes, so top-k targets cost no second forward.
 """
 
 from __future__ import annotations
@@ -20,27 +21,26 @@ import keras
 import numpy as np
 
 from camlens.adapters.keras.graph import LayerPath, descend_set, name_of, run
-from camlens.adapters.keras.head import Head, _kind, pre_activation, scores
+from camlens.adapters.keras.head import Head, _kind, pre_activation
+from camlens.adapters.keras.outputs import output_of
+from camlens.core import targets as tg
 from camlens.core.record import ClassifierHead, not_feature_maps, per_sample_masks
+from camlens.core.targets import Column, Output
 from camlens.errors import MethodError
 
 Columns = Callable[[np.ndarray], list[dict[LayerPath, np.ndarray]]]
 PairColumns = Callable[[np.ndarray], list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]]
+Prepare = Callable[[Sequence[Column]], tuple[np.ndarray, Columns | None, PairColumns | None]]
 
 
 class KerasPass:
     """A :class:`~camlens.core.record.ForwardPass` over one Keras forward: arrays handed to the
-    core channels-first, keyed by layer name."""
+    core channels-first, keyed by layer name. :meth:`bind` scores the target columns (inside
+    the backend's gradient recording) before gradients are asked for."""
 
-    def __init__(
-        self,
-        logits: np.ndarray,
-        activations: dict[LayerPath, np.ndarray],
-        head_input: np.ndarray | None,
-        grads: Columns | None = None,
-        hvps: PairColumns | None = None,
-    ) -> None:
-        self.logits = logits
+    def __init__(self, output: Output, activations: dict[LayerPath, np.ndarray], head_input: np.ndarray | None,
+                 prepare: Prepare) -> None:
+        self.output = output
         self.paths = list(activations)
         for p, a in activations.items():
             if a.ndim != 4:
@@ -49,18 +49,25 @@ class KerasPass:
         self.head_input = head_input
         self.head: ClassifierHead | None = None
         self.probe: KerasProbe | None = None
-        self._grads, self._hvps = grads, hvps
+        self.scores = np.zeros((output.size, 0), np.float32)
+        self._prepare = prepare
+        self._grads: Columns | None = None
+        self._hvps: PairColumns | None = None
 
-    def gradients(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+    def bind(self, columns: Sequence[Column]) -> None:
+        """Score ``columns`` on this pass's output, ready for their gradients."""
+        self.scores, self._grads, self._hvps = self._prepare(columns)
+
+    def gradients(self, columns: np.ndarray) -> dict[str, np.ndarray]:
         if self._grads is None:
             raise MethodError("gradients were not recorded for this pass")
-        return self._stack(self._grads(targets))
+        return self._stack(self._grads(columns))
 
-    def hessian_products(self, targets: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def hessian_products(self, columns: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Per layer, the gradients taken on the way and :math:`H A`."""
         if self._hvps is None:
             raise MethodError("second-order gradients were not recorded for this pass")
-        pairs = self._hvps(targets)
+        pairs = self._hvps(columns)
         return self._stack([g for g, _ in pairs]), self._stack([h for _, h in pairs])
 
     def _stack(self, columns: list[dict[LayerPath, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -69,19 +76,23 @@ class KerasPass:
 
 class KerasProbe:
     """The :class:`~camlens.core.record.Probe` of one Keras batch: the model run again through
-    its graph (pre-activation scores, as for gradients), at most ``max_batch`` inputs at a time.
+    its graph (pre-activation scores, as for gradients), at most ``max_batch`` inputs at a time,
+    the batch's target ``columns`` scored on each output (every class when None).
 
     ``score_replaced`` swaps the layer's output during the run (the layers before it still run,
     so residual connections that bypass it are exact); activations arrive channels first and
     are handed to the model channels last.
     """
 
-    def __init__(self, model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head, max_batch: int = 32) -> None:
+    def __init__(self, model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head,
+                 columns: Sequence[Column] | None = None, max_batch: int = 32) -> None:
         self._model, self._batch, self._head = model, np.asarray(batch, dtype=np.float32), head
         self._paths = {name_of(p): p for p in paths}
+        self._columns = list(columns) if columns is not None else None
         self.max_batch = max_batch
 
-    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0) -> np.ndarray:
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0,
+                     columns: np.ndarray | None = None) -> np.ndarray:
         n = self._batch.shape[0]
         m = per_sample_masks(masks, n, self._batch.shape[1:3])
         flat = m.reshape(-1, *m.shape[2:])[..., None]
@@ -92,9 +103,9 @@ class KerasProbe:
             x = self._batch[np.arange(rows.start, rows.stop) // count]
             return x * flat[rows] + base * (1.0 - flat[rows])
 
-        return self._scores(n, count, inputs, None)
+        return self._scores(n, count, inputs, None, columns)
 
-    def score_replaced(self, layer: str, activations: np.ndarray) -> np.ndarray:
+    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         if layer not in self._paths:
             raise MethodError(f"layer {layer!r} was not captured; replace one of {', '.join(self._paths)}")
         n, count = activations.shape[:2]
@@ -105,18 +116,26 @@ class KerasProbe:
             current[:] = [keras.ops.convert_to_tensor(np.ascontiguousarray(flat[rows]))]
             return self._batch[np.arange(rows.start, rows.stop) // count]
 
-        return self._scores(n, count, inputs, (self._paths[layer], current))
+        return self._scores(n, count, inputs, (self._paths[layer], current), columns)
 
     def _scores(
-        self, n: int, count: int, inputs: Callable[[slice], np.ndarray], replace: tuple[LayerPath, list[Any]] | None
+        self, n: int, count: int, inputs: Callable[[slice], np.ndarray], replace: tuple[LayerPath, list[Any]] | None,
+        columns: np.ndarray | None,
     ) -> np.ndarray:
+        chosen = self._columns if columns is None or self._columns is None else [self._columns[int(c)] for c in columns]
         paths = [replace[0]] if replace else []
         out = []
+        size = (int(self._batch.shape[1]), int(self._batch.shape[2]))
         with _no_grad():
             for start in range(0, n * count, self.max_batch):
-                x = inputs(slice(start, min(start + self.max_batch, n * count)))
-                logits, _ = _forward(self._model, x, paths, self._head, lambda p, o: replace[1][0] if replace else o)
-                out.append(_numpy(logits))
+                rows = slice(start, min(start + self.max_batch, n * count))
+                value, _ = _forward(self._model, inputs(rows), paths, self._head, lambda p, o: replace[1][0] if replace else o)
+                output = output_of(self._head, value, size)
+                samples = np.arange(rows.start, rows.stop) // count
+                if chosen is None:  # every class of each output
+                    out.append(_numpy(tg.score(tg.resolve(tg.ALL, output), output)))
+                else:
+                    out.append(_numpy(tg.score(chosen, output, samples)))
         scores = np.concatenate(out)
         return scores.reshape(n, count, scores.shape[1])
 
@@ -140,7 +159,8 @@ def channels_first(a: np.ndarray) -> np.ndarray:
 def forward_pass(
     model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head, with_gradients: bool, second_order: bool = False
 ) -> KerasPass:
-    """Run the model once, recording what gradients (and second-order products) need."""
+    """Run the model once, recording what gradients (and second-order products) need; call
+    :meth:`KerasPass.bind` with the target columns before asking for gradients."""
     backend = keras.backend.backend()
     route = {"tensorflow": _tensorflow, "torch": _torch, "jax": _jax}.get(backend)
     if route is None:
@@ -151,7 +171,7 @@ def forward_pass(
 def _forward(
     model: Any, batch: Any, paths: list[LayerPath], head: Head, record: Callable[[LayerPath, Any], Any]
 ) -> tuple[Any, list[Any]]:
-    """Scores of the head's output, with ``record`` applied to every captured layer output."""
+    """The head's pre-activation output, with ``record`` applied to every captured layer output."""
     head_inputs: list[Any] = []
     targets = set(paths)
 
@@ -174,11 +194,23 @@ def _forward(
         out = list(out.values())
     if isinstance(out, (list, tuple)):
         out = out[head.output_index]
-    return scores(head, out), head_inputs
+    return out, head_inputs
 
 
 def _numpy(x: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
+
+
+def _size(batch: Any) -> tuple[int, int]:
+    return int(np.shape(batch)[1]), int(np.shape(batch)[2])
+
+
+def _one_hot(scores: Any, columns: np.ndarray) -> np.ndarray:
+    """``(k, N, K)`` cotangents selecting each of ``columns``' scores."""
+    n, count = int(scores.shape[0]), int(scores.shape[1])
+    ct = np.zeros((len(columns), n, count), np.float32)
+    ct[np.arange(len(columns)), :, columns] = 1.0
+    return ct
 
 
 def _tensorflow(model, batch, paths, head, with_gradients, second_order) -> KerasPass:  # type: ignore[no-untyped-def]
@@ -205,35 +237,43 @@ def _tensorflow(model, batch, paths, head, with_gradients, second_order) -> Kera
         return out
 
     with recording():
-        logits, head_inputs = _forward(model, batch, paths, head, record)
+        value, head_inputs = _forward(model, batch, paths, head, record)
+        output = output_of(head, value, _size(batch))
     xs = [captured[p] for p in paths]
 
-    def score(targets: np.ndarray, k: int) -> Any:
-        return tf.reduce_sum(tf.gather(logits, targets[:, k], axis=1, batch_dims=1))
+    def prepare(columns: Sequence[Column]) -> tuple[np.ndarray, Columns | None, PairColumns | None]:
+        with recording():  # persistent tapes record the scores too
+            scores = tg.score(columns, output)
 
-    def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
-        with tape:  # a persistent tape records the scores too
-            scores_ = [score(targets, k) for k in range(targets.shape[1])]
-            stacked = tf.stack(scores_) if len(scores_) > 1 else None
-        if stacked is not None:  # several targets: one vectorised Jacobian (pfor) of the k scores
-            return _columns(paths, [_numpy(j) for j in tape.jacobian(stacked, xs)])
-        return [{p: _numpy(g) for p, g in zip(paths, tape.gradient(scores_[0], xs), strict=True)}]
+        def grads(index: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
+            with tape:
+                picked = [tf.reduce_sum(scores[:, int(c)]) for c in index]
+                stacked = tf.stack(picked) if len(picked) > 1 else None
+            if stacked is not None:  # several columns: one vectorised Jacobian (pfor)
+                return _columns(paths, [_numpy(j) for j in tape.jacobian(stacked, xs)])
+            return [{p: _gradient(g, x) for p, g, x in zip(paths, tape.gradient(picked[0], xs), xs, strict=True)}]
 
-    def hvps(targets: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
-        assert outer is not None
-        out = []
-        for k in range(targets.shape[1]):
-            with recording():
-                g = tape.gradient(score(targets, k), xs)
-            column = {}
-            for p, gj, x in zip(paths, g, xs, strict=True):
-                hx = outer.gradient(gj, x, output_gradients=x)
-                column[p] = _numpy(hx) if hx is not None else np.zeros(x.shape, np.float32)
-            out.append(({p: _numpy(gj) for p, gj in zip(paths, g, strict=True)}, column))
-        return out
+        def hvps(index: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
+            assert outer is not None
+            out = []
+            for c in index:
+                with recording():
+                    g = tape.gradient(tf.reduce_sum(scores[:, int(c)]), xs)
+                column = {}
+                for p, gj, x in zip(paths, g, xs, strict=True):
+                    hx = outer.gradient(gj, x, output_gradients=x) if gj is not None else None
+                    column[p] = _numpy(hx) if hx is not None else np.zeros(x.shape, np.float32)
+                out.append(({p: _gradient(gj, x) for p, gj, x in zip(paths, g, xs, strict=True)}, column))
+            return out
 
-    return KerasPass(_numpy(logits), {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs),
-                     grads if with_gradients else None, hvps if second_order else None)
+        return _numpy(scores), grads if with_gradients else None, hvps if second_order else None
+
+    return KerasPass(output, {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs), prepare)
+
+
+def _gradient(g: Any, x: Any) -> np.ndarray:
+    """A gradient as NumPy; zeros where the score does not reach the layer (a constant score)."""
+    return _numpy(g) if g is not None else np.zeros(tuple(x.shape), np.float32)
 
 
 def _torch(model, batch, paths, head, with_gradients, second_order) -> KerasPass:  # type: ignore[no-untyped-def]
@@ -250,49 +290,56 @@ def _torch(model, batch, paths, head, with_gradients, second_order) -> KerasPass
         return out + offsets[path]
 
     with torch.inference_mode(False), torch.set_grad_enabled(with_gradients):
-        logits, head_inputs = _forward(model, batch, paths, head, record)
+        value, head_inputs = _forward(model, batch, paths, head, record)
+        output = output_of(head, value, _size(batch))
     xs: list[Any] = [offsets.get(p) for p in paths]
 
-    def score(targets: np.ndarray, k: int) -> Any:
-        index = torch.as_tensor(targets[:, k : k + 1], device=logits.device)
-        return logits.gather(1, index).sum()
+    def prepare(columns: Sequence[Column]) -> tuple[np.ndarray, Columns | None, PairColumns | None]:
+        with torch.inference_mode(False), torch.set_grad_enabled(with_gradients):
+            scores = tg.score(columns, output)
 
-    def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
-        with torch.inference_mode(False), torch.enable_grad():
-            if targets.shape[1] > 1:  # several targets: one batched vector-Jacobian product
-                one_hot = torch.zeros((targets.shape[1], *logits.shape), dtype=logits.dtype, device=logits.device)
-                one_hot.scatter_(2, torch.as_tensor(targets.T, device=logits.device)[:, :, None], 1.0)
-                try:
-                    batched = torch.autograd.grad(logits, xs, one_hot, retain_graph=True, is_grads_batched=True)
-                    return _columns(paths, [_numpy(g) for g in batched])
-                except RuntimeError:  # an operation without a batching rule: one backward per target
-                    pass
-            return [
-                {p: _numpy(g) for p, g in zip(paths, torch.autograd.grad(score(targets, k), xs, retain_graph=True), strict=True)}
-                for k in range(targets.shape[1])
-            ]
+        def grad(c: int, create_graph: bool = False) -> list[Any]:
+            s = scores[:, c].sum()
+            if not s.requires_grad:
+                return [torch.zeros_like(x) for x in xs]
+            got = torch.autograd.grad(s, xs, retain_graph=True, create_graph=create_graph, allow_unused=True)
+            return [g if g is not None else torch.zeros_like(x) for g, x in zip(got, xs, strict=True)]
 
-    def hvps(targets: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
-        out = []
-        with torch.inference_mode(False), torch.enable_grad():
-            for k in range(targets.shape[1]):
-                g = torch.autograd.grad(score(targets, k), xs, retain_graph=True, create_graph=True)
-                column = {}
-                for p, gj, x in zip(paths, g, xs, strict=True):
-                    hx = None
-                    if gj.requires_grad:  # else the score is piecewise linear in x: H x = 0
-                        (hx,) = torch.autograd.grad(gj, x, captured[p].detach(), retain_graph=True, allow_unused=True)
-                    column[p] = _numpy(hx.detach()) if hx is not None else np.zeros(tuple(x.shape), np.float32)
-                out.append(({p: _numpy(gj.detach()) for p, gj in zip(paths, g, strict=True)}, column))
-        return out
+        def grads(index: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
+            with torch.inference_mode(False), torch.enable_grad():
+                if len(index) > 1 and scores.requires_grad:  # several columns: one batched vector-Jacobian product
+                    ct = torch.as_tensor(_one_hot(scores, index), dtype=scores.dtype, device=scores.device)
+                    try:
+                        batched = torch.autograd.grad(scores, xs, ct, retain_graph=True, is_grads_batched=True)
+                        return _columns(paths, [_numpy(g) for g in batched])
+                    except RuntimeError:  # an operation without a batching rule: one backward per column
+                        pass
+                return [{p: _numpy(g) for p, g in zip(paths, grad(int(c)), strict=True)} for c in index]
+
+        def hvps(index: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
+            out = []
+            with torch.inference_mode(False), torch.enable_grad():
+                for c in index:
+                    g = grad(int(c), create_graph=True)
+                    column = {}
+                    for p, gj, x in zip(paths, g, xs, strict=True):
+                        hx = None
+                        if gj.requires_grad:  # else the score is piecewise linear in x: H x = 0
+                            (hx,) = torch.autograd.grad(gj, x, captured[p].detach(), retain_graph=True, allow_unused=True)
+                        column[p] = _numpy(hx.detach()) if hx is not None else np.zeros(tuple(x.shape), np.float32)
+                    out.append(({p: _numpy(gj.detach()) for p, gj in zip(paths, g, strict=True)}, column))
+            return out
+
+        return _numpy(scores.detach()), grads if with_gradients else None, hvps if second_order else None
 
     acts = {p: _numpy(a.detach()) for p, a in captured.items()}
-    return KerasPass(_numpy(logits.detach()), acts, _last(head_inputs), grads if with_gradients else None,
-                     hvps if second_order else None)
+    return KerasPass(output, acts, _last(head_inputs), prepare)
 
 
 def _jax(model, batch, paths, head, with_gradients, second_order) -> KerasPass:  # type: ignore[no-untyped-def]
     import jax
+
+    size = _size(batch)
 
     def forward(offsets: dict[LayerPath, Any] | None) -> tuple[Any, tuple[dict[LayerPath, Any], list[Any]]]:
         captured: dict[LayerPath, Any] = {}
@@ -301,44 +348,52 @@ def _jax(model, batch, paths, head, with_gradients, second_order) -> KerasPass: 
             captured[path] = out
             return out if offsets is None else out + offsets[path]
 
-        logits, head_inputs = _forward(model, batch, paths, head, record)
-        return logits, (captured, head_inputs)
+        value, head_inputs = _forward(model, batch, paths, head, record)
+        return value, (captured, head_inputs)
 
     if not with_gradients:
-        logits, (captured, head_inputs) = forward(None)
-        return KerasPass(_numpy(logits), {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs))
+        value, (captured, head_inputs) = forward(None)
+        output = output_of(head, value, size)
+        return KerasPass(output, {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs),
+                         lambda columns: (_numpy(tg.score(columns, output)), None, None))
     shapes = jax.eval_shape(lambda: forward(None)[1][0])
     zeros = {p: jax.numpy.zeros(s.shape, s.dtype) for p, s in shapes.items()}
-    logits, vjp, (captured, head_inputs) = jax.vjp(forward, zeros, has_aux=True)
+    value, vjp, (captured, head_inputs) = jax.vjp(forward, zeros, has_aux=True)
+    output = output_of(head, value, size)
 
-    def one_hot(targets: np.ndarray, k: int) -> Any:
-        return jax.nn.one_hot(targets[:, k], logits.shape[1], dtype=logits.dtype)
+    def prepare(columns: Sequence[Column]) -> tuple[np.ndarray, Columns | None, PairColumns | None]:
+        def scored(v: Any) -> Any:
+            return tg.score(columns, output_of(head, v, size))
 
-    def grads(targets: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
-        if targets.shape[1] > 1:  # several targets: the VJP vectorised over their one-hot cotangents
-            cotangents = jax.numpy.stack([one_hot(targets, k) for k in range(targets.shape[1])])
-            (values,) = jax.vmap(vjp)(cotangents)
-            return _columns(paths, [_numpy(values[p]) for p in paths])
-        return [{p: _numpy(vjp(one_hot(targets, 0))[0][p]) for p in paths}]
+        scores, vjp_scores = jax.vjp(scored, value)
 
-    def hvps(targets: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
-        out = []
-        for k in range(targets.shape[1]):
-            weights = one_hot(targets, k)
+        def chain(ct: Any) -> dict[LayerPath, Any]:
+            return vjp(vjp_scores(ct)[0])[0]  # type: ignore[no-any-return]
 
-            def gradient(offsets: dict[LayerPath, Any], weights: Any = weights) -> dict[LayerPath, Any]:
-                return jax.grad(lambda o: (forward(o)[0] * weights).sum())(offsets)
+        def grads(index: np.ndarray) -> list[dict[LayerPath, np.ndarray]]:
+            cts = jax.numpy.asarray(_one_hot(scores, index))
+            if len(index) > 1:  # several columns: the chained VJP vectorised over their cotangents
+                values = jax.vmap(chain)(cts)
+                return _columns(paths, [_numpy(values[p]) for p in paths])
+            return [{p: _numpy(a) for p, a in chain(cts[0]).items()}]
 
-            column, first = {}, {}
-            for p in paths:  # H_jj A_j: the tangent is A_j at layer j only
-                tangent = {q: captured[q] if q == p else jax.numpy.zeros_like(zeros[q]) for q in paths}
-                g, hx = jax.jvp(gradient, (zeros,), (tangent,))
-                column[p], first[p] = _numpy(hx[p]), _numpy(g[p])
-            out.append((first, column))
-        return out
+        def hvps(index: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
+            out = []
+            for c in index:
+                def gradient(offsets: dict[LayerPath, Any], c: int = int(c)) -> dict[LayerPath, Any]:
+                    return jax.grad(lambda o: scored(forward(o)[0])[:, c].sum())(offsets)  # type: ignore[no-any-return]
 
-    return KerasPass(_numpy(logits), {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs), grads,
-                     hvps if second_order else None)
+                column, first = {}, {}
+                for p in paths:  # H_jj A_j: the tangent is A_j at layer j only
+                    tangent = {q: captured[q] if q == p else jax.numpy.zeros_like(zeros[q]) for q in paths}
+                    g, hx = jax.jvp(gradient, (zeros,), (tangent,))
+                    column[p], first[p] = _numpy(hx[p]), _numpy(g[p])
+                out.append((first, column))
+            return out
+
+        return _numpy(scores), grads, hvps if second_order else None
+
+    return KerasPass(output, {p: _numpy(a) for p, a in captured.items()}, _last(head_inputs), prepare)
 
 
 def _columns(paths: list[LayerPath], stacked: list[np.ndarray]) -> list[dict[LayerPath, np.ndarray]]:

@@ -18,46 +18,32 @@ How gradients stay cheap and the caller's model untouched:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from camlens.adapters.pytorch.outputs import canonical
+from camlens.core import targets as tg
 from camlens.core.record import ClassifierHead, not_feature_maps, per_sample_masks
-from camlens.errors import LayerError, ModelError
+from camlens.core.targets import Column, Output
+from camlens.errors import LayerError
 
 
 @dataclass
 class ForwardCapture:
-    """Logits and captured tensors of one forward pass.
+    """The output and captured tensors of one forward pass.
 
     ``activations`` hold, per layer, the tensor gradients are taken with respect to (a leaf for
     the first target layer, a graph node for later ones) or a detached copy when no gradients
     were asked for. ``head_input`` is what the CAM head's linear layer received, if hooked.
     """
 
-    logits: torch.Tensor
+    output: Output
     activations: dict[str, torch.Tensor]
     head_input: torch.Tensor | None = None
-
-
-def logits_of(output: object) -> torch.Tensor:
-    """The class scores in a model's output: a tensor, the first of a tuple, or ``.logits``."""
-    if isinstance(output, torch.Tensor):
-        scores = output
-    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        scores = output[0]
-    elif isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
-        scores = output["logits"]
-    elif isinstance(getattr(output, "logits", None), torch.Tensor):
-        scores = output.logits  # type: ignore[attr-defined]
-    else:
-        raise ModelError(f"model returned {type(output).__name__}; expected class scores (N, classes)")
-    if scores.ndim != 2:
-        raise ModelError(f"model returned scores of shape {tuple(scores.shape)}; expected (N, classes)")
-    return scores
 
 
 def forward(
@@ -67,8 +53,11 @@ def forward(
     *,
     with_gradients: bool,
     head: nn.Module | None = None,
+    output: int | str | None = None,
 ) -> ForwardCapture:
-    """Run ``model(batch)`` once with temporary hooks on ``layers`` (and on ``head``'s input)."""
+    """Run ``model(batch)`` once with temporary hooks on ``layers`` (and on ``head``'s input);
+    ``output`` picks the entry of a tuple/dict output to explain (see
+    :func:`camlens.adapters.pytorch.outputs.select`)."""
     captured: dict[str, torch.Tensor] = {}
     head_inputs: list[torch.Tensor] = []
     owner = threading.get_ident()  # hooks ignore forwards that other threads run meanwhile
@@ -102,83 +91,89 @@ def forward(
                 lambda module, args: head_inputs.append(args[0]) if threading.get_ident() == owner else None
             ))
         with torch.inference_mode(False), torch.no_grad():
-            logits = logits_of(model(batch))
+            out = canonical(model(batch), output, (int(batch.shape[-2]), int(batch.shape[-1])), batch.device)
     finally:
         for handle in handles:
             handle.remove()
     missing = [name for name in layers if name not in captured]
     if missing:
         raise LayerError(f"layer {missing[0]!r} did not run during the forward pass; pick another layer")
-    if with_gradients and not logits.requires_grad:
-        raise LayerError(f"the model's output does not depend on layer {next(iter(layers))!r}")
-    return ForwardCapture(logits, captured, head_inputs[-1] if head_inputs else None)
+    return ForwardCapture(out, captured, head_inputs[-1] if head_inputs else None)
 
 
 class TorchPass:
     """A :class:`~camlens.core.record.ForwardPass` over one PyTorch forward with gradients.
 
-    Gradients are taken with ``torch.autograd.grad`` from the target scores down to the
-    captured activations only; the graph is kept (``retain_graph``) until this object is
-    dropped, so the core may ask for targets in several chunks. Several targets go through one
-    batched vector-Jacobian product (``is_grads_batched``) when the model's operations allow
-    it, else one backward each.
+    The target columns are scored once on the captured output; gradients are taken with
+    ``torch.autograd.grad`` from those scores down to the captured activations only. The graph
+    is kept (``retain_graph``) until this object is dropped, so the core may ask for columns
+    in several chunks. Several columns go through one batched vector-Jacobian product
+    (``is_grads_batched``) when the model's operations allow it, else one backward each.
     """
 
-    def __init__(self, capture: ForwardCapture, head: ClassifierHead | None = None, probe: TorchProbe | None = None) -> None:
+    def __init__(self, capture: ForwardCapture, columns: Sequence[Column], head: ClassifierHead | None = None,
+                 probe: TorchProbe | None = None) -> None:
         self._capture = capture
+        self._columns = list(columns)
         self.probe = probe
         self._names: list[str] = list(capture.activations)
-        self.logits = _numpy(capture.logits)
+        self.output = capture.output
+        with torch.inference_mode(False), torch.enable_grad():
+            self._scores = tg.score(self._columns, capture.output)
+        self.scores = _numpy(self._scores)
         self.activations = {name: _numpy(a) for name, a in capture.activations.items()}
         self.head = head
         self._batched = True
 
-    def _scores(self, targets: np.ndarray) -> list[torch.Tensor]:
-        index = torch.from_numpy(np.ascontiguousarray(targets)).to(self._capture.logits.device)
-        return [self._capture.logits.gather(1, index[:, k : k + 1]).sum() for k in range(targets.shape[1])]
-
-    def gradients(self, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """``(N, k, C, h, w)`` gradients of each target column's scores, per layer."""
+    def gradients(self, columns: np.ndarray) -> dict[str, np.ndarray]:
+        """``(N, k, C, h, w)`` gradients of each chosen score column, per layer."""
         inputs = [self._capture.activations[n] for n in self._names]
         with torch.inference_mode(False), torch.enable_grad():
-            batched = self._batched_grads(targets, inputs) if targets.shape[1] > 1 and self._batched else None
+            many = len(columns) > 1 and self._batched and self._scores.requires_grad
+            batched = self._batched_grads(columns, inputs) if many else None
             if batched is not None:
                 return {name: _numpy(g.transpose(0, 1)) for name, g in zip(self._names, batched, strict=True)}
-            columns = [self._grad(score, inputs) for score in self._scores(targets)]
-        return _stack(columns, self._names)
+            grads = [self._grad(int(c), inputs) for c in columns]
+        return _stack(grads, self._names)
 
-    def _grad(self, score: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
+    def _grad(self, column: int, inputs: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
+        score = self._scores[:, column].sum()
+        kind = self._columns[column].kind
+        if not score.requires_grad and kind == "detection":
+            return [torch.zeros_like(x) for x in inputs]  # no detection matched the box: zero maps
+        if not score.requires_grad:
+            raise LayerError(f"the {kind} target's score does not depend on layer {self._names[0]!r}")
         grads = torch.autograd.grad(score, inputs, retain_graph=True, create_graph=create_graph, allow_unused=True)
         for name, grad in zip(self._names, grads, strict=True):
             if grad is None:
-                raise LayerError(f"the class scores do not depend on layer {name!r}")
+                raise LayerError(f"the {kind} target's score does not depend on layer {name!r}")
         return list(grads)  # type: ignore[arg-type]
 
-    def _batched_grads(self, targets: np.ndarray, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        """Per layer ``(k, N, C, h, w)`` gradients of the ``k`` target columns in one batched
+    def _batched_grads(self, columns: np.ndarray, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Per layer ``(k, N, C, h, w)`` gradients of the ``k`` columns in one batched
         vector-Jacobian product, or None where the model's operations do not allow it."""
-        logits = self._capture.logits
-        index = torch.from_numpy(np.ascontiguousarray(targets.T)).to(logits.device)  # (k, N)
-        one_hot = torch.zeros((targets.shape[1], *logits.shape), dtype=logits.dtype, device=logits.device)
-        one_hot.scatter_(2, index[:, :, None], 1.0)
+        scores = self._scores
+        index = torch.as_tensor(np.ascontiguousarray(columns), dtype=torch.int64, device=scores.device)
+        one_hot = torch.zeros((len(columns), *scores.shape), dtype=scores.dtype, device=scores.device)
+        one_hot[torch.arange(len(columns)), :, index] = 1.0
         try:
-            grads = torch.autograd.grad(logits, inputs, one_hot, retain_graph=True, is_grads_batched=True, allow_unused=True)
-        except RuntimeError:  # an operation without a batching rule: one backward per target
+            grads = torch.autograd.grad(scores, inputs, one_hot, retain_graph=True, is_grads_batched=True, allow_unused=True)
+        except RuntimeError:  # an operation without a batching rule: one backward per column
             self._batched = False
             return None
         if any(g is None for g in grads):
             return None
         return list(grads)  # type: ignore[arg-type]
 
-    def hessian_products(self, targets: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def hessian_products(self, columns: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Per layer, the ``(N, k, C, h, w)`` gradients and :math:`H A`, the Hessian of each
-        target's scores with respect to the layer's output applied to that output (a backward
+        column's scores with respect to the layer's output applied to that output (a backward
         pass that keeps its graph, then one more)."""
         inputs = [self._capture.activations[n] for n in self._names]
-        columns, firsts = [], []
+        columns_, firsts = [], []
         with torch.inference_mode(False), torch.enable_grad():
-            for score in self._scores(targets):
-                grads = self._grad(score, inputs, create_graph=True)
+            for c in columns:
+                grads = self._grad(int(c), inputs, create_graph=True)
                 firsts.append(grads)
                 column = []
                 for g, x in zip(grads, inputs, strict=True):  # H_jj A_j, one layer at a time
@@ -186,8 +181,8 @@ class TorchPass:
                     if g.requires_grad:  # else the score is piecewise linear in x: H x = 0
                         (hx,) = torch.autograd.grad(g, x, x.detach(), retain_graph=True, allow_unused=True)
                     column.append(hx if hx is not None else torch.zeros_like(x))
-                columns.append(column)
-        return _stack(firsts, self._names), _stack(columns, self._names)
+                columns_.append(column)
+        return _stack(firsts, self._names), _stack(columns_, self._names)
 
 
 def _stack(columns: list[list[torch.Tensor]], names: list[str]) -> dict[str, np.ndarray]:
@@ -203,16 +198,20 @@ class TorchProbe:
     """The :class:`~camlens.core.record.Probe` of one PyTorch batch: the model run again, without
     gradients, at most ``max_batch`` inputs at a time, on the batch's device.
 
+    Scores are the batch's target ``columns`` on each new output (every class when None).
     ``score_replaced`` swaps a target layer's output in a temporary forward hook (removed in
     ``finally``); the layers before it still run, so it is exact for any graph (residual
     connections that bypass the layer included).
     """
 
-    def __init__(self, model: nn.Module, batch: torch.Tensor, layers: Mapping[str, nn.Module], max_batch: int = 32) -> None:
+    def __init__(self, model: nn.Module, batch: torch.Tensor, layers: Mapping[str, nn.Module],
+                 columns: Sequence[Column] | None = None, output: int | str | None = None, max_batch: int = 32) -> None:
         self._model, self._batch, self._layers = model, batch, dict(layers)
+        self._columns, self._output = (list(columns) if columns is not None else None), output
         self.max_batch = max_batch
 
-    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0) -> np.ndarray:
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0,
+                     columns: np.ndarray | None = None) -> np.ndarray:
         n = self._batch.shape[0]
         m = per_sample_masks(masks, n, (int(self._batch.shape[2]), int(self._batch.shape[3])))
         base = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=self._batch.device)
@@ -224,9 +223,9 @@ class TorchProbe:
             x = self._batch[torch.arange(rows.start, rows.stop) // count]
             return x * mask + base * (1 - mask)
 
-        return self._scores(n, count, inputs)
+        return self._scores(n, count, inputs, columns)
 
-    def score_replaced(self, layer: str, activations: np.ndarray) -> np.ndarray:
+    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
         if layer not in self._layers:
             raise LayerError(f"layer {layer!r} was not captured; replace one of {', '.join(self._layers)}")
         n, count = activations.shape[:2]
@@ -240,14 +239,22 @@ class TorchProbe:
                 current[:] = [torch.from_numpy(flat[rows]).to(self._batch.device, self._batch.dtype)]
                 return self._batch[torch.arange(rows.start, rows.stop) // count]
 
-            return self._scores(n, count, inputs)
+            return self._scores(n, count, inputs, columns)
         finally:
             handle.remove()
 
-    def _scores(self, n: int, count: int, inputs: Callable[[slice], torch.Tensor]) -> np.ndarray:
+    def _scores(self, n: int, count: int, inputs: Callable[[slice], torch.Tensor], columns: np.ndarray | None) -> np.ndarray:
+        chosen = self._columns if columns is None or self._columns is None else [self._columns[int(c)] for c in columns]
         out: list[np.ndarray] = []
+        size = (int(self._batch.shape[-2]), int(self._batch.shape[-1]))
         with torch.inference_mode(False), torch.no_grad():
             for start in range(0, n * count, self.max_batch):
-                out.append(_numpy(logits_of(self._model(inputs(slice(start, min(start + self.max_batch, n * count)))))))
+                rows = slice(start, min(start + self.max_batch, n * count))
+                output = canonical(self._model(inputs(rows)), self._output, size, self._batch.device)
+                samples = np.arange(rows.start, rows.stop) // count
+                if chosen is None:  # every class of each output
+                    out.append(_numpy(tg.score(tg.resolve(tg.ALL, output), output)))
+                else:
+                    out.append(_numpy(tg.score(chosen, output, samples)))
         scores = np.concatenate(out)
         return scores.reshape(n, count, scores.shape[1])

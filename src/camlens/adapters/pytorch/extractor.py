@@ -12,13 +12,15 @@ from torch import nn
 from camlens.adapters.pytorch import capture as cap
 from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
+from camlens.adapters.pytorch.outputs import canonical
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, pooled_features
 from camlens.core.methods import Method, methods_from
 from camlens.core.record import ClassifierHead, Need
 from camlens.core.result import CamResult
-from camlens.core.targets import Targets, resolve_targets
+from camlens.core.targets import SCORES, Targets
+from camlens.core.targets import resolve as resolve_columns
 from camlens.errors import CamlensError
 
 
@@ -26,14 +28,18 @@ class TorchExplainer:
     """Compute CAMs for a batch with one forward pass, for several methods and layers at once.
 
     Args:
-        model: any ``nn.Module`` returning ``(N, classes)`` scores. Its mode and flags are not
-            changed; put it in ``eval()`` yourself (a warning reminds you otherwise).
+        model: any ``nn.Module``: a classifier, a regression or embedding model, a segmentation
+            model or a torchvision detector, returning a tensor, a tuple, a dict or a
+            ``ModelOutput`` (see :mod:`camlens.adapters.pytorch.outputs`). Its mode and flags
+            are not changed; put it in ``eval()`` yourself (a warning reminds you otherwise).
         method: a method name (see ``camlens methods``), a :class:`~camlens.core.methods.Method`,
             or a sequence of them.
         layer: a dotted module name, a module, a sequence of those, or ``None`` for the last
             spatial layer before the classifier's global pooling.
         fuse: with several layers, also combine each method's maps into one (``mean``,
             ``max`` or ``product``; see :func:`camlens.core.fusion.fuse`).
+        output: the entry of a tuple (index) or dict/``ModelOutput`` (key) output to explain,
+            when it is not the first tensor, ``logits`` or ``out``.
 
     Hooks live only during each call. Use as a context manager (or call :meth:`close`) to drop
     the references to the model and its layers.
@@ -45,8 +51,10 @@ class TorchExplainer:
         method: str | Method | Sequence[str | Method] = "gradcam",
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         fuse: str | None = None,
+        output: int | str | None = None,
     ) -> None:
         self.methods: list[Method] = methods_from(method)
+        self._output = output
         specs: list[LayerSpec | None] = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else [*layer]
         check_fusion(fuse, len(specs))
         self._fuse = fuse
@@ -72,10 +80,13 @@ class TorchExplainer:
         if self._layers is not None:
             return self._layers
         model = self.model
-        traced = trace(model, example)
+        raw: list[object] = []
+        traced = trace(model, example, raw)
+        size = (int(example.shape[-2]), int(example.shape[-1]))
+        dense = canonical(raw[0], self._output, size, example.device).kind != SCORES
         layers: dict[str, nn.Module] = {}
         for spec in self._specs:
-            name, module = resolve(model, spec if spec is not None else auto_layer(model, traced))
+            name, module = resolve(model, spec if spec is not None else auto_layer(model, traced, backbone=dense))
             layers[name] = module
         if Need.CLASS_WEIGHTS in self._needs:
             classes = next(i.output_shape for i in reversed(traced) if i.output_shape)[-1]
@@ -89,7 +100,9 @@ class TorchExplainer:
         """Explain ``batch`` (``(N, 3, H, W)``, already preprocessed, on the model's device).
 
         Args:
-            targets: see :func:`resolve_targets`; ``None`` explains the top-1 class.
+            targets: a :mod:`camlens.targets` kind (or a list of them), a class index, indices
+                per sample, ``"all"``, ``"top-k"``... (see :func:`camlens.core.targets.as_targets`);
+                ``None`` explains the top-1 class.
             top: with ``targets=None``, explain the ``top`` best classes of each sample.
         """
         if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
@@ -105,6 +118,7 @@ class TorchExplainer:
                 layers,
                 with_gradients=bool(self._needs & {Need.GRADIENTS, Need.HESSIAN}),
                 head=self._head.linear if self._head else None,
+                output=self._output,
             )
             head = None
             if self._head is not None:
@@ -114,9 +128,9 @@ class TorchExplainer:
                 dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in model.modules())
                 features = pooled_features(_numpy(captured), pooled, self._head.layer, eps=eps, dropout=dropout)
                 head = ClassifierHead(self._head.layer, features, _numpy(self._head.weight))
-            probe = cap.TorchProbe(model, batch, layers) if Need.FORWARDS in self._needs else None
-            pass_ = cap.TorchPass(fwd, head, probe)
-            return run(pass_, self.methods, resolve_targets(targets, pass_.logits, top), self._fuse)
+            columns = resolve_columns(targets, fwd.output, top)
+            probe = cap.TorchProbe(model, batch, layers, columns, self._output) if Need.FORWARDS in self._needs else None
+            return run(cap.TorchPass(fwd, columns, head, probe), self.methods, columns, self._fuse)
 
     def close(self) -> None:
         """Drop references to the model and its layers."""
@@ -133,11 +147,13 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def feature_maps(model: nn.Module, batch: torch.Tensor, layer: LayerSpec | None = None) -> tuple[str, np.ndarray]:
+def feature_maps(model: nn.Module, batch: torch.Tensor, layer: LayerSpec | None = None,
+                 output: int | str | None = None) -> tuple[str, np.ndarray]:
     """Activations of one layer (automatic when ``None``) for a batch: ``(name, (N, C, h, w))``.
 
     One forward pass without gradients; hooks are removed before returning.
     """
-    name, module = resolve(model, layer if layer is not None else auto_layer(model, trace(model, batch)))
-    fwd = cap.forward(model, batch, {name: module}, with_gradients=False)
+    spec = layer if layer is not None else TorchExplainer(model, "eigencam", output=output).layers(batch)[0]
+    name, module = resolve(model, spec)
+    fwd = cap.forward(model, batch, {name: module}, with_gradients=False, output=output)
     return name, fwd.activations[name].float().cpu().numpy()

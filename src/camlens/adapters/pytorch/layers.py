@@ -60,9 +60,10 @@ def resolve(model: nn.Module, spec: LayerSpec) -> tuple[str, nn.Module]:
     raise LayerError(f"model has no layer {spec!r}{hint}")
 
 
-def trace(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+def trace(model: nn.Module, example: torch.Tensor, output: list[object] | None = None) -> list[LayerInfo]:
     """Run ``example`` through the model once (no gradients) and record every named module's
-    output shape, in the order modules finished. Hooks are removed before returning.
+    output shape, in the order modules finished (and the model's output in ``output``, when
+    given). Hooks are removed before returning.
 
     The model is left as it was: the random number generators are restored afterwards
     (dropout draws nothing from the caller's stream), and a model in training mode runs on
@@ -91,9 +92,11 @@ def trace(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
             if training:  # functional_call swaps the buffers on the module: no other thread may trace meanwhile
                 state = {**dict(model.named_parameters()), **{k: b.clone() for k, b in model.named_buffers()}}
                 with _TRACE_LOCK:
-                    torch.func.functional_call(model, state, (example,))
+                    result = torch.func.functional_call(model, state, (example,))
             else:
-                model(example[:1])
+                result = model(example[:1])
+        if output is not None:
+            output.append(result)
     finally:
         for handle in handles:
             handle.remove()
@@ -104,11 +107,19 @@ def trace(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     return list(last.values())
 
 
-def auto_layer(model: nn.Module, layers: Sequence[LayerInfo]) -> str:
+def auto_layer(model: nn.Module, layers: Sequence[LayerInfo], backbone: bool = False) -> str:
     """The last module to finish with a spatial ``(N, C, H, W)`` output that is not a pooling,
-    dropout or identity layer: the features that feed the classifier's global pooling."""
+    dropout or identity layer: the features that feed the classifier's global pooling.
+
+    With ``backbone`` (a segmentation model or a detector, whose last spatial layers are its
+    dense head), the search keeps to the model's ``backbone.body`` (torchvision's FPN
+    detectors), ``backbone.features`` (SSD) or ``backbone`` (torchvision segmentation, most
+    wrappers) when it has one: the last backbone stage, as pytorch-grad-cam's examples choose
+    by hand."""
     modules = dict(model.named_modules())
+    prefixes = ("backbone.body.", "backbone.features.", "backbone.")
+    prefix = next((p for p in prefixes if backbone and p[:-1] in modules), "")
     for info in reversed(layers):
-        if info.spatial and not isinstance(modules[info.name], _NOT_TARGETS):
+        if info.name.startswith(prefix) and info.spatial and not isinstance(modules[info.name], _NOT_TARGETS):
             return info.name
     raise LayerError("found no layer with a spatial (N, C, H, W) output; give --layer explicitly")
