@@ -286,6 +286,7 @@ def test_cam_refuses_targets_that_are_not_class_logits(tiny: TinyGapNet) -> None
         (TinyGapNet, Class([0, 1, 2]), "3 values for a batch of 2"),
         (TinyGapNet, Top(0), "k must be a positive integer"),
         (TinyGapNet, "best", "unknown target 'best'"),
+        (TinySeg, lambda logits: logits.argmax(1), "a target function receives"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(model: type[nn.Module], target: object, message: str) -> None:
@@ -321,3 +322,28 @@ def test_huggingface_model_output_logits() -> None:
             return transformers.modeling_outputs.ImageClassifierOutput(logits=super().forward(x))
 
     np.testing.assert_allclose(_run(HF().eval(), Class(2)).map(), _run(TinyGapNet().eval(), Class(2)).map(), rtol=1e-6)
+
+
+def test_huggingface_segmentation_models_from_configs() -> None:
+    """SegFormer (logits at 1/4 of the input) and UperNet on a ConvNeXt backbone, random
+    weights: ModelOutput logits read as maps, a mask at the input's size resized to them."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    segformer = transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(
+        num_labels=4, depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], decoder_hidden_size=32)).eval()
+    convnext = transformers.ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64],
+                                           out_features=["stage1", "stage2", "stage3", "stage4"])
+    upernet = transformers.UperNetForSemanticSegmentation(transformers.UperNetConfig(
+        backbone_config=convnext, hidden_size=32, auxiliary_in_channels=32, num_labels=4)).eval()
+    mask = np.zeros((64, 64), np.float32)
+    mask[8:40, 16:48] = 1
+    with Explainer(segformer, "gradcam", "decode_head.linear_fuse") as ex:
+        out = ex(x, Segmentation(2, mask))
+        with torch.no_grad():
+            logits = segformer(x).logits.numpy()  # (2, 4, 16, 16)
+    np.testing.assert_allclose(out.scores[:, 0], logits[:, 2, 2:10, 4:12].sum((1, 2)), rtol=1e-4)
+    with Explainer(upernet, "gradcam") as ex:
+        result = ex(x)
+    assert list(result.activations) == ["backbone.hidden_states_norms.stage4"]  # the backbone's last stage
+    assert result.columns[0].kind == "segmentation" and np.isfinite(result.map()).all()

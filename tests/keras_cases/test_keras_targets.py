@@ -117,3 +117,27 @@ def test_dict_outputs_pick_one_by_name(batch: np.ndarray) -> None:
     with KerasExplainer(model, "gradcam", "conv2", output="gap") as ke:
         emb = ke(batch, Similarity(np.ones(6, np.float32)))
     assert emb.columns[0].kind == "similarity" and emb.map().shape == (3, 1, 12, 12)
+
+
+def test_unet_on_a_keras_applications_backbone() -> None:
+    """A U-Net-style segmentation model around a nested MobileNetV2 (random weights): the
+    automatic layer is the backbone's last stage, and a class's region and a mask both explain."""
+    backbone = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None, alpha=0.35)
+    inp = keras.Input((64, 64, 3))
+    x = backbone(inp)
+    x = keras.layers.Conv2DTranspose(16, 3, strides=4, padding="same", activation="relu", name="up1")(x)
+    x = keras.layers.Conv2DTranspose(8, 3, strides=8, padding="same", activation="relu", name="up2")(x)
+    out = keras.layers.Conv2D(3, 1, activation="softmax", name="classes")(x)
+    model = keras.Model(inp, out)
+    batch = np.random.default_rng(3).uniform(-1, 1, size=(2, 64, 64, 3)).astype("float32")
+    with KerasExplainer(model, ["gradcam", "eigencam"]) as ke:
+        assert ke.layer_names == ["mobilenetv2_0.35_64/out_relu"]
+        result = ke(batch)
+        mask = np.zeros((64, 64), np.float32)
+        mask[10:40, 20:50] = 1
+        masked = ke(batch, Segmentation(1, mask))
+    assert result.columns[0].kind == "segmentation" and result.map("gradcam").shape == (2, 1, 2, 2)
+    features = np.asarray(keras.ops.convert_to_numpy(keras.Model(inp, model.get_layer("up2").output)(batch)))
+    kernel, bias = model.get_layer("classes").get_weights()
+    logits = features @ kernel[0, 0] + bias  # the 1x1 convolution before its softmax
+    np.testing.assert_allclose(masked.scores[:, 0], (logits[..., 1] * mask).sum((1, 2)), rtol=1e-4)

@@ -26,6 +26,7 @@ from camlens.cli.common import (
     out_console,
     parse_methods,
     progress_bar,
+    target_help,
 )
 from camlens.errors import CamlensError
 
@@ -44,7 +45,7 @@ def localize(
     labels: LabelsOpt = None,
     method: MethodOpt = ["gradcam"],  # noqa: B006
     layer: LayerOpt = None,
-    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Class: index, name, or top-K.")] = None,
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help=target_help())] = None,
     threshold: ThresholdOpt = 0.2,
     all_regions: Annotated[bool, typer.Option("--all-regions", help="Box every region, not only the largest.")] = False,
     min_area: Annotated[float, typer.Option("--min-area", help="With --all-regions: least area (image fraction).")] = 0.0,
@@ -103,8 +104,7 @@ def localize(
                 planned = []
                 for exp in exps:
                     found = boxes_from_map(exp.heatmap, threshold, largest=not all_regions, min_area=min_area)
-                    label = safe_part(exp.target.label.split(",")[0])
-                    dest = output_path(out, f"{stems[path]}_{safe_part(exp.method)}_{exp.target.index}-{label}_boxes.png")
+                    dest = output_path(out, f"{stems[path]}_{safe_part(exp.method)}_{exp.tag}_boxes.png")
                     drawn = render.draw_boxes(exp.overlay(colormap, alpha), true_boxes or [], (0, 220, 0))
                     planned.append((dest, render.draw_boxes(drawn, found, (255, 0, 0))))
                     entry: dict[str, object] = {"method": exp.method, "layer": exp.layer, "target": exp.target.to_dict(),

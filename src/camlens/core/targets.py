@@ -707,6 +707,9 @@ def as_targets(spec: Targets, out: Output, top: int | None = None) -> list[Targe
     if isinstance(spec, Target):
         return [spec]
     if callable(spec):
+        if out.kind != SCORES:
+            raise TargetError(f"a target function receives (N, classes) scores; this model outputs {out.kind} "
+                              "(use a camlens.targets kind)")
         spec = spec(out.array)  # type: ignore[assignment]
         if callable(spec) and not isinstance(spec, Target):
             raise TargetError("a target function must return targets, not another function")

@@ -57,7 +57,8 @@ class KerasExplainer:
         self._fuse = fuse
         self.model: Any = model
         self.head: Head = find_head(model, output)
-        self.paths: list[LayerPath] = [auto_layer(model) if s is None else resolve(model, s) for s in specs]
+        dense = self.head.maps
+        self.paths: list[LayerPath] = [auto_layer(model, dense) if s is None else resolve(model, s) for s in specs]
         if Need.CLASS_WEIGHTS in self._needs:
             self._check_cam_layers()
 
@@ -107,8 +108,8 @@ def feature_maps(
     model: Any, batch: Any, layer: KerasLayerSpec | None = None, output: int | str | None = None
 ) -> tuple[str, np.ndarray]:
     """Activations ``(N, C, h, w)`` of one layer (automatic when None), no gradients."""
-    path = auto_layer(model) if layer is None else resolve(model, layer)
     head = find_head(model, output if output is not None or len(model.outputs) == 1 else 0)
+    path = auto_layer(model, head.maps) if layer is None else resolve(model, layer)
     fwd = routes.forward_pass(model, batch, [path], head, with_gradients=False)
     return name_of(path), fwd.activations[name_of(path)]
 

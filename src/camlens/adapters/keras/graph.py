@@ -90,13 +90,22 @@ def spatial(shape: tuple[int | None, ...] | None) -> bool:
     return h is None or w is None or h * w > 1
 
 
-def auto_layer(model: Any) -> LayerPath:
+def auto_layer(model: Any, backbone: bool = False) -> LayerPath:
     """The last layer with a spatial output that is not pooling, dropout or a nested model
-    (whose inside is searched instead): the features that feed global pooling."""
+    (whose inside is searched instead): the features that feed global pooling.
+
+    With ``backbone`` (a segmentation head, whose last spatial layers are the head itself), the
+    last stage of the last nested model (a ``keras.applications`` backbone) when there is one,
+    else the last spatial layer before the output layer."""
+    candidates = [(path, layer) for path, layer in walk(model)
+                  if spatial(output_shape(layer)) and not is_container(layer) and not isinstance(layer, _NOT_TARGETS)]
+    if backbone:
+        nested = [path for path, layer in walk(model) if is_container(layer)]
+        inside = [c for c in candidates if nested and c[0][: len(nested[-1])] == nested[-1]]
+        candidates = inside or candidates[:-1]
     chosen = None
-    for path, layer in walk(model):
-        if spatial(output_shape(layer)) and not is_container(layer) and not isinstance(layer, _NOT_TARGETS):
-            chosen = path
+    for path, _ in candidates:
+        chosen = path
     if chosen is None:
         raise LayerError("found no layer with a spatial (N, H, W, C) output; give --layer explicitly")
     return chosen
