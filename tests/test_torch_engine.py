@@ -230,6 +230,6 @@ def test_cam_and_gradcam_together_on_densenet_match_separate_runs() -> None:
 
 def test_a_layer_without_feature_maps_is_named_in_one_line(resnet) -> None:  # type: ignore[no-untyped-def]
     for method in ("gradcam", "eigencam"):
-        cause = r"layer 'fc' outputs shape \(1, 20\), not 4-D"
+        cause = r"layer 'fc' outputs shape \(1, 20\), not a feature map"
         with Explainer(resnet, method, "fc") as ex, pytest.raises(LayerError, match=cause):
             ex(torch.randn(1, 3, 32, 32))

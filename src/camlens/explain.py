@@ -229,6 +229,7 @@ class Lens:
         trust_pickle: allow ``model`` to name a whole pickled ``nn.Module`` file, which runs
             any code the file holds (see :func:`camlens.models.load_model`).
         headless: with a model name, drop its classifier so that it outputs an embedding.
+        pretrained: False builds a named architecture with random weights (offline).
     """
 
     def __init__(
@@ -242,10 +243,11 @@ class Lens:
         output: int | str | None = None,
         trust_pickle: bool = False,
         headless: bool = False,
+        pretrained: bool = True,
     ) -> None:
         if isinstance(model, str):
             model = load_model(model, weights=weights, labels=labels, device=device, output=output, trust_pickle=trust_pickle,
-                               headless=headless)
+                               headless=headless, pretrained=pretrained)
         elif not isinstance(model, LoadedModel):
             model = wrap_model(model, labels=labels, preprocessing=preprocessing, output=output)
         self.loaded: LoadedModel = model
@@ -278,6 +280,7 @@ class Lens:
         top: int = 5,
         fuse: str | None = None,
         mask: MaskLike | None = None,
+        layout: Any = None,
     ) -> list[list[Explanation]]:
         """Explain each image; one forward pass for the batch whatever the number of methods,
         layers and targets.
@@ -293,6 +296,7 @@ class Lens:
             fuse: with several layers, also a map fusing them (``mean``, ``max``, ``product``).
             mask: a region of the image (a file, a PIL image or an ``(H, W)`` array at the
                 image's size, nonzero inside) whose class logits a segmentation target sums.
+            layout: a PyTorch layer's layout when the model does not tell it (``"tokens:1"``).
 
         Returns:
             Per image, explanations ordered by target, then method, then layer.
@@ -301,7 +305,7 @@ class Lens:
         sources = [str(i) if isinstance(i, (str, Path)) else "<image>" for i in images]
         request = target if isinstance(target, TargetRequest) else self.parse_targets(target, mask)
         targets = request.for_batch(pictures, self.loaded.preprocessing.input_size)
-        result = self.explainer(method, layer, fuse)(self.tensor(pictures), targets)
+        result = self.explainer(method, layer, fuse, layout)(self.tensor(pictures), targets)
         probs = result.probabilities
         out: list[list[Explanation]] = []
         for i, picture in enumerate(pictures):
@@ -347,12 +351,13 @@ class Lens:
         name, acts = self.backend.feature_maps(self.loaded, self.tensor([as_image(image)]), layer)
         return name, acts[0]
 
-    def explainer(self, method: str | Method | Sequence[str | Method], layer: Any, fuse: str | None = None) -> ExplainerFn:
+    def explainer(self, method: str | Method | Sequence[str | Method], layer: Any, fuse: str | None = None,
+                  layout: Any = None) -> ExplainerFn:
         """The (cached) explainer for these methods and layers on this model, so that automatic
         layers and the CAM head are found once, not once per batch."""
-        key = (_method_key(method), _key(layer), fuse)
+        key = (_method_key(method), _key(layer), fuse, _key(layout))
         if key not in self._explainers:
-            self._explainers[key] = self.backend.explainer(self.loaded, method, layer, fuse)
+            self._explainers[key] = self.backend.explainer(self.loaded, method, layer, fuse, layout)
         return self._explainers[key]
 
     def parse_targets(self, target: TargetSpec, mask: MaskLike | None = None) -> TargetRequest:

@@ -67,6 +67,7 @@ def run(
     progress: Callable[[int], None] = lambda n: None,
     fuse: str | None = None,
     mask: Path | None = None,
+    layout: str | None = None,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``.
 
@@ -85,7 +86,7 @@ def run(
     request = lens.parse_targets(target, mask)  # bad targets and masks fail here, once, before any output
     every = request.every
     layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
-    lens.explainer(methods, layer_spec, fuse)  # unknown methods, layers and fusions fail here, before any output
+    lens.explainer(methods, layer_spec, fuse, layout)  # unknown methods, layers and fusions fail here, before any output
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -105,7 +106,7 @@ def run(
             except TargetError as exc:
                 report.error = f"{report.source}: {exc}"
         if loaded:
-            results = lens.explain([img for _, img in loaded], methods, layer_spec, request, top, fuse)
+            results = lens.explain([img for _, img in loaded], methods, layer_spec, request, top, fuse, layout=layout)
             for (report, _), explanations in zip(loaded, results, strict=True):
                 report.predictions = explanations[0].predictions
                 write = _write_all_classes if every else _write

@@ -18,18 +18,20 @@ if TYPE_CHECKING:
 
 
 def explainer_for(model: Any, method: str | Method | Sequence[str | Method], layer: Any = None, *,
-                  output: int | str | None = None, fuse: str | None = None) -> Any:
+                  output: int | str | None = None, fuse: str | None = None, layout: Any = None) -> Any:
     """The explainer of ``model``'s framework: :class:`~camlens.adapters.pytorch.TorchExplainer`
     for an ``nn.Module``, :class:`~camlens.adapters.keras.KerasExplainer` for a Keras 3 model.
 
     Raises:
-        CamlensError: ``model`` is neither.
+        CamlensError: ``model`` is neither, or ``layout`` is given for a Keras model.
     """
     from camlens.adapters.backends import is_keras_model
 
     if is_keras_model(model):
         from camlens.adapters.keras import KerasExplainer
 
+        if layout is not None:
+            raise CamlensError("layout= states a PyTorch layer's layout; Keras layers are channels last already")
         return KerasExplainer(model, method, layer, output=output, fuse=fuse)
     import torch
 
@@ -37,7 +39,7 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
         raise CamlensError(f"expected a PyTorch nn.Module or a Keras 3 model, got {type(model).__name__}")
     from camlens.adapters.pytorch import TorchExplainer
 
-    return TorchExplainer(model, method, layer, fuse, output=output)
+    return TorchExplainer(model, method, layer, fuse, output=output, layout=layout)
 
 
 class Explainer:
@@ -55,13 +57,15 @@ class Explainer:
             PyTorch model returning a tuple (index) or a dict/``ModelOutput`` (key).
         fuse: with several layers, also combine each method's maps into one, stored under the
             layer key ``"mean(layer3+layer4)"`` (``mean``, ``max`` or ``product``).
+        layout: a PyTorch layer's layout when the model's metadata does not tell it
+            (``"tokens:1"``, ``"tokens:1:14x14"``, ``"nhwc"``; see :class:`camlens.core.layouts.Layout`).
 
     Maps come back ``(N, K, h, w)`` for both frameworks. Hooks live only during each call.
     """
 
     def __init__(self, model: Any, method: str | Method | Sequence[str | Method] = "gradcam", layer: Any = None, *,
-                 output: int | str | None = None, fuse: str | None = None) -> None:
-        self._impl = explainer_for(model, method, layer, output=output, fuse=fuse)
+                 output: int | str | None = None, fuse: str | None = None, layout: Any = None) -> None:
+        self._impl = explainer_for(model, method, layer, output=output, fuse=fuse, layout=layout)
 
     @property
     def methods(self) -> list[Method]:

@@ -13,11 +13,13 @@ import numpy as np
 
 from camlens.core.result import CamResult
 from camlens.core.targets import Output
+from camlens.errors import CamlensError
 
 if TYPE_CHECKING:
     from camlens.models.registry import LoadedModel
 
-LayerRow = tuple[str, str, tuple[int | None, ...] | None]
+LayerRow = tuple[str, str, tuple[int | None, ...] | None, str]
+"""``(name, type, output shape, layout)``; the layout is empty for outputs that are not feature maps."""
 ExplainerFn = Callable[..., CamResult]
 
 
@@ -31,14 +33,15 @@ class Backend(Protocol):
         """The model's output for a batch as NumPy-readable :class:`~camlens.core.targets.Output`
         (``.array``, ``.probabilities``), no gradients."""
 
-    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
+                  layout: Any = None) -> ExplainerFn:
         """A callable ``(batch, targets, top=None) -> CamResult``."""
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         """``(layer name, (N, C, h, w) activations)``."""
 
     def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
-        """``(name, type, output shape)`` rows, and the layer chosen automatically."""
+        """``(name, type, output shape, layout)`` rows, and the layer chosen automatically."""
 
 
 class TorchBackend:
@@ -58,10 +61,11 @@ class TorchBackend:
             raw = loaded.model(batch)
         return canonical(raw, loaded.output, (int(batch.shape[-2]), int(batch.shape[-1])), batch.device)
 
-    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
+                  layout: Any = None) -> ExplainerFn:
         from camlens.adapters.pytorch.extractor import TorchExplainer
 
-        return TorchExplainer(loaded.model, method, layer, fuse, output=loaded.output)
+        return TorchExplainer(loaded.model, method, layer, fuse, output=loaded.output, layout=layout)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.pytorch.extractor import feature_maps
@@ -69,11 +73,15 @@ class TorchBackend:
         return feature_maps(loaded.model, batch, layer, output=loaded.output)
 
     def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
-        from camlens.adapters.pytorch.layers import auto_layer, trace
+        from camlens.adapters.pytorch.extractor import TorchExplainer, uncompiled
+        from camlens.adapters.pytorch.layers import trace
 
         example = self.to_input(loaded, loaded.preprocessing([_blank(loaded)]))
-        infos = trace(loaded.model, example)
-        return [(i.name, i.kind, i.output_shape) for i in infos], auto_layer(loaded.model, infos)
+        infos = trace(uncompiled(loaded.model), example)
+        rows: list[LayerRow] = [(i.name, i.kind, i.output_shape, i.layout.describe(i.grid) if i.layout and i.spatial else "")
+                                for i in infos]
+        with TorchExplainer(loaded.model, "eigencam", output=loaded.output) as ex:
+            return rows, ex.layers(example)[0]
 
 
 class KerasBackend:
@@ -89,9 +97,12 @@ class KerasBackend:
         head = find_head(loaded.model, loaded.output)
         return routes.forward_pass(loaded.model, batch, [], head, with_gradients=False).output
 
-    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None) -> ExplainerFn:
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
+                  layout: Any = None) -> ExplainerFn:
         from camlens.adapters.keras.extractor import KerasExplainer
 
+        if layout is not None:
+            raise CamlensError("--layout states a PyTorch layer's layout; Keras layers are channels last already")
         return KerasExplainer(loaded.model, method, layer, output=loaded.output, fuse=fuse)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
@@ -102,8 +113,11 @@ class KerasBackend:
     def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
         from camlens.adapters.keras.extractor import layer_table
         from camlens.adapters.keras.graph import auto_layer, name_of
+        from camlens.adapters.keras.head import find_head
 
-        return layer_table(loaded.model), name_of(auto_layer(loaded.model))
+        head = find_head(loaded.model, loaded.output if loaded.output is not None or len(loaded.model.outputs) == 1 else 0)
+        rows = [(name, kind, shape, "NHWC" if _spatial(shape) else "") for name, kind, shape in layer_table(loaded.model)]
+        return rows, name_of(auto_layer(loaded.model, head.maps))
 
 
 def backend_for(loaded: LoadedModel) -> Backend:
@@ -114,6 +128,14 @@ def backend_for(loaded: LoadedModel) -> Backend:
 def is_keras_model(model: object) -> bool:
     """True for a Keras 3 model, without importing Keras for other objects."""
     return any(c.__module__.startswith("keras") for c in type(model).__mro__) and hasattr(model, "layers")
+
+
+def _spatial(shape: tuple[int | None, ...] | None) -> bool:
+    """A 4-D channels-last output with more than one position (unknown sizes count)."""
+    if shape is None or len(shape) != 4:
+        return False
+    sizes = [d for d in shape[1:3] if d is not None]
+    return len(sizes) < 2 or sizes[0] * sizes[1] > 1
 
 
 def _blank(loaded: LoadedModel) -> Any:

@@ -58,6 +58,11 @@ def explain(
     fuse: Annotated[
         str | None, typer.Option("--fuse", help="With several --layer, also a map fusing them: mean, max or product.")
     ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option("--layout", help="The --layer's layout when the model does not tell it: nchw, nhwc, tokens:PREFIX "
+                     "(e.g. tokens:1 after a class token) or tokens:PREFIX:HxW. Default: found from the model."),
+    ] = None,
     top: Annotated[int, typer.Option("--top", help="Predictions to show per image.")] = 5,
     colormap: Annotated[str, typer.Option("--colormap", help="Any matplotlib colormap.")] = "jet",
     alpha: Annotated[float, typer.Option("--alpha", help="Heatmap opacity in the overlay, 0..1.")] = 0.5,
@@ -85,7 +90,7 @@ def explain(
         report = runner.run(
             lens, files, out, methods=parse_methods(method), layers=split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
-            mask=mask,
+            mask=mask, layout=layout,
         )
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
@@ -153,27 +158,23 @@ def layers(
     show_all: Annotated[bool, typer.Option("--all", help="List every module, not only spatial ones.")] = False,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """List candidate target layers with their output shapes; mark the automatic choice."""
-    lens = open_lens(model, weights, None, device, trust_pickle=trust_pickle)
+    """List candidate target layers with their output shapes and layouts; mark the automatic choice.
+
+    Named architectures are built without their pretrained weights (layers do not depend on
+    them), so this works offline."""
+    lens = open_lens(model, weights, None, device, trust_pickle=trust_pickle, pretrained=False)
     rows, chosen = lens.backend.layers(lens.loaded)
     h, w = lens.loaded.preprocessing.input_size
     table = Table(title=f"{model}: layers in forward order (input {h}x{w})")
     table.add_column("layer")
     table.add_column("type")
     table.add_column("output shape")
+    table.add_column("layout")
     table.add_column("")
-    for name, kind, shape in rows:
-        if show_all or _spatial(shape):
-            table.add_row(name, kind, str(shape), "<- default" if name == chosen else "")
+    for name, kind, shape, layout in rows:
+        if show_all or layout:
+            table.add_row(name, kind, str(shape), layout, "<- default" if name == chosen else "")
     out_console.print(table)
-
-
-def _spatial(shape: tuple[int | None, ...] | None) -> bool:
-    """A 4-D output with more than one spatial position (either layout; unknown counts)."""
-    if shape is None or len(shape) != 4:
-        return False
-    sizes = [d for d in shape[1:] if d is not None]
-    return len(sizes) < 3 or sorted(sizes)[1] > 1
 
 
 @app.command()
@@ -274,7 +275,7 @@ def demo(
         [out / "samples"], method=["cam,gradcam,gradcam++"], layer=None, target=None, panel=True, out=out,
         overwrite=overwrite, device=device, model="efficientnet_lite0", weights=None, labels=None, top=5,
         colormap="jet", alpha=0.5, save_raw=False, image_format="png", recursive=False, batch_size=len(images),
-        output=None, trust_pickle=False, fuse=None, mask=None, headless=False,
+        output=None, trust_pickle=False, fuse=None, mask=None, headless=False, layout=None,
     )
 
 

@@ -53,7 +53,7 @@ class SafeConsole(Console):
 out_console = SafeConsole()
 err_console = SafeConsole(stderr=True)
 
-_CLI_FLAGS = {"trust_pickle=True": "--trust-pickle", "output=": "--output "}
+_CLI_FLAGS = {"trust_pickle=True": "--trust-pickle", "output=": "--output ", "layout=": "--layout "}
 
 
 def for_cli(message: str) -> str:
@@ -109,14 +109,14 @@ def parse_methods(values: list[str]) -> list[str]:
 
 def open_lens(  # type: ignore[no-untyped-def]
     model: str, weights: Path | None, labels: Path | None, device: str, output: str | None = None,
-    trust_pickle: bool = False, headless: bool = False,
+    trust_pickle: bool = False, headless: bool = False, pretrained: bool = True,
 ):
     from camlens.explain import Lens
 
     chosen: int | str | None = int(output) if output is not None and output.isdigit() else output
     with err_console.status(f"loading {model}..."):
         return Lens(model, weights=weights, labels=labels, device=device, output=chosen, trust_pickle=trust_pickle,
-                    headless=headless)
+                    headless=headless, pretrained=pretrained)
 
 
 def target_help() -> str:

@@ -40,7 +40,8 @@ class Method(ABC):
         model: optional; binds the method to a PyTorch module or Keras model so that calling
             it explains a batch (``with GradCAM(model, layer="layer4") as cam: cam(batch)``).
         layer: target layer(s) of the bound model; ``None`` for the automatic choice.
-        output: for a multi-output Keras model, the output to explain.
+        output: the output to explain (see :class:`camlens.Explainer`).
+        layout: a PyTorch layer's layout when the model does not tell it (``"tokens:1"``).
     """
 
     name: ClassVar[str]
@@ -51,12 +52,13 @@ class Method(ABC):
     aliases: ClassVar[tuple[str, ...]] = ()
     formula: ClassVar[str]
 
-    def __init__(self, model: Any = None, layer: Any = None, *, output: int | str | None = None) -> None:
+    def __init__(self, model: Any = None, layer: Any = None, *, output: int | str | None = None,
+                 layout: Any = None) -> None:
         self._bound: Any = None
         if model is not None:
             from camlens.adapters import explainer_for  # the core imports no framework; adapters do, lazily
 
-            self._bound = explainer_for(model, [self], layer, output=output)
+            self._bound = explainer_for(model, [self], layer, output=output, layout=layout)
 
     @abstractmethod
     def maps(self, record: LayerRecord) -> np.ndarray:

@@ -79,11 +79,14 @@ class Probe(Protocol):
         ...
 
 
-def not_feature_maps(layer: str, shape: tuple[int | None, ...]) -> LayerError:
-    """The error for a target layer whose output is not ``(N, C, H, W)`` (or ``(N, H, W, C)``)."""
+def not_feature_maps(layer: str, shape: tuple[int | None, ...], layouts: bool = False) -> LayerError:
+    """The error for a target layer whose output holds no feature map (``layouts``: the adapter
+    takes a stated layout, so the message says how to give one)."""
+    known = "NCHW, NHWC, or tokens on a grid" if layouts else "(N, H, W, C)"
+    hint = " or state its layout, e.g. layout='tokens:1'" if layouts else ""
     return LayerError(
-        f"layer {layer!r} outputs shape {tuple(shape)}, not 4-D feature maps; CAMs need a spatial layer "
-        "(`camlens layers MODEL` lists them)"
+        f"layer {layer!r} outputs shape {tuple(shape)}, not a feature map ({known}); pick another layer "
+        f"(`camlens layers MODEL` lists them){hint}"
     )
 
 

@@ -770,6 +770,8 @@ def score(columns: Sequence[Column], out: Output, samples: np.ndarray | None = N
         flush()
         parts.append(column.score(out, s)[:, None])
     flush()
+    if not parts:
+        return out.ops.constant(np.zeros((len(s), 0), np.float32))
     return parts[0] if len(parts) == 1 else out.ops.concat(parts)
 
 

@@ -64,6 +64,7 @@ def load_model(
     output: int | str | None = None,
     trust_pickle: bool = False,
     headless: bool = False,
+    pretrained: bool = True,
 ) -> LoadedModel:
     """Build a model by name and return it ready to explain.
 
@@ -84,6 +85,8 @@ def load_model(
             read weights-only.
         headless: drop a PyTorch classifier's final layer, so that the model outputs its pooled
             features: an embedding, for :class:`camlens.targets.Similarity`.
+        pretrained: False builds a named torchvision or timm architecture with random weights
+            (offline; for listing layers, tests, or training).
 
     Raises:
         ModelError: unknown name, weights missing offline, or an unreadable/mismatched file.
@@ -100,7 +103,7 @@ def load_model(
     if Path(name).suffix in {".pt", ".pth", ".ckpt", ".bin"} or Path(name).is_file():
         built, prep, names = _from_file(Path(name), trust_pickle)
     else:
-        built, prep = _builder(name)(weights_path)
+        built, prep = _builder(name, pretrained)(weights_path)
         names = _torchvision_categories(name) if weights_path is None else None
     if headless:
         built, names = _headless(built, name), None
@@ -187,7 +190,7 @@ def build_named(name: str) -> tuple[nn.Module, Preprocessing]:
     Raises:
         ModelError: unknown name, or weights not available offline.
     """
-    return _builder(name)(None)
+    return _builder(name, True)(None)
 
 
 def preprocessing_of(arch: str, model: nn.Module) -> Preprocessing:
@@ -199,13 +202,13 @@ def preprocessing_of(arch: str, model: nn.Module) -> Preprocessing:
     return _torchvision_preprocessing(arch)
 
 
-def _builder(name: str) -> Callable[[Path | None], tuple[nn.Module, Preprocessing]]:
+def _builder(name: str, pretrained: bool = True) -> Callable[[Path | None], tuple[nn.Module, Preprocessing]]:
     if name in _BUNDLED_NAMES:
         return _bundled
     if name.startswith("timm:"):
-        return lambda w: _timm(name[len("timm:") :], w)
+        return lambda w: _timm(name[len("timm:") :], w, pretrained)
     if name in _torchvision_names():
-        return lambda w: _torchvision(name, w)
+        return lambda w: _torchvision(name, w, pretrained)
     close = difflib.get_close_matches(name, model_names(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ModelError(f"unknown model {name!r}{hint} (timm models: timm:NAME; own models: a checkpoint path)")
@@ -239,7 +242,7 @@ def _bundled(weights: Path | None) -> tuple[nn.Module, Preprocessing]:
     return model, _timm_preprocessing(model)
 
 
-def _timm(arch: str, weights: Path | None) -> tuple[nn.Module, Preprocessing]:
+def _timm(arch: str, weights: Path | None, pretrained: bool = True) -> tuple[nn.Module, Preprocessing]:
     import timm
 
     if arch not in timm.list_models() and arch.split(".")[0] not in timm.list_models():
@@ -251,11 +254,42 @@ def _timm(arch: str, weights: Path | None) -> tuple[nn.Module, Preprocessing]:
         model = timm.create_model(arch, pretrained=False, num_classes=_classes_in(state))
         _load_into(model, state, weights)
         return model, _timm_preprocessing(model)
+    if not pretrained:
+        model = timm.create_model(arch, pretrained=False)
+        return model, _timm_preprocessing(model)
+    cache = "the Hugging Face cache (~/.cache/huggingface)"
+    if not _timm_weights_cached(arch) and not _reachable("huggingface.co"):
+        raise ModelError(_offline_message(f"timm:{arch}", OSError("huggingface.co is not reachable"), cache))
     try:
         model = timm.create_model(arch, pretrained=True)
     except OSError as exc:
-        raise ModelError(_offline_message(f"timm:{arch}", exc, "the Hugging Face cache (~/.cache/huggingface)")) from exc
+        raise ModelError(_offline_message(f"timm:{arch}", exc, cache)) from exc
     return model, _timm_preprocessing(model)
+
+
+def _timm_weights_cached(arch: str) -> bool:
+    """The pretrained weights of a timm model are in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+
+        hub_id = getattr(get_pretrained_cfg(arch), "hf_hub_id", None)
+    except (ImportError, RuntimeError, ValueError):
+        return False
+    if not hub_id:
+        return False
+    return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """A TCP connection to ``host:443`` opens within ``timeout`` seconds (offline: fails at once)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _timm_preprocessing(model: nn.Module) -> Preprocessing:
@@ -288,11 +322,14 @@ def _torchvision_categories(name: str) -> list[str] | None:
     return list(tvm.get_model_weights(name).DEFAULT.meta["categories"])
 
 
-def _torchvision(name: str, weights: Path | None) -> tuple[nn.Module, Preprocessing]:
+def _torchvision(name: str, weights: Path | None, pretrained: bool = True) -> tuple[nn.Module, Preprocessing]:
     import torchvision.models as tvm
 
     default = tvm.get_model_weights(name).DEFAULT
     prep = _torchvision_preprocessing(name)
+    if not pretrained and weights is None:
+        extra = {"weights_backbone": None} if name in _dense_names() else {}
+        return tvm.get_model(name, weights=None, **extra), prep
     if weights is not None:
         state = checkpoint.state_dict_of(checkpoint.read(weights), weights)
         model = tvm.get_model(name, weights=None, num_classes=_classes_in(state))

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from camlens.adapters.pytorch.layouts import layout_of
 from camlens.adapters.pytorch.outputs import canonical
 from camlens.core import targets as tg
+from camlens.core.layouts import Layout
 from camlens.core.record import ClassifierHead, not_feature_maps, per_sample_masks
 from camlens.core.targets import Column, Output
 from camlens.errors import LayerError
@@ -43,6 +45,8 @@ class ForwardCapture:
 
     output: Output
     activations: dict[str, torch.Tensor]
+    layouts: dict[str, Layout]
+    input_size: tuple[int, int]
     head_input: torch.Tensor | None = None
 
 
@@ -54,31 +58,46 @@ def forward(
     with_gradients: bool,
     head: nn.Module | None = None,
     output: int | str | None = None,
+    layouts: Mapping[str, Layout] | None = None,
 ) -> ForwardCapture:
     """Run ``model(batch)`` once with temporary hooks on ``layers`` (and on ``head``'s input);
     ``output`` picks the entry of a tuple/dict output to explain (see
-    :func:`camlens.adapters.pytorch.outputs.select`)."""
+    :func:`camlens.adapters.pytorch.outputs.select`). Each layer's layout is the one stated in
+    ``layouts``, else found from the model (:func:`camlens.adapters.pytorch.layouts.layout_of`);
+    a layer whose output holds no feature map is refused in one line."""
     captured: dict[str, torch.Tensor] = {}
+    found: dict[str, Layout] = {}
     head_inputs: list[torch.Tensor] = []
     owner = threading.get_ident()  # hooks ignore forwards that other threads run meanwhile
+    size = (int(batch.shape[-2]), int(batch.shape[-1]))
+    stated = dict(layouts or {})
 
     def make_hook(name: str):
-        def hook(module: nn.Module, args: object, output: object) -> torch.Tensor | None:
+        def hook(module: nn.Module, args: object, out: object) -> object:
             if threading.get_ident() != owner:
                 return None
-            if not isinstance(output, torch.Tensor):
-                raise LayerError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
-            if output.ndim != 4:
-                raise not_feature_maps(name, tuple(output.shape))
+            rest = out[1:] if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor) else None
+            tensor = out[0] if rest is not None else out  # type: ignore[index]
+            if not isinstance(tensor, torch.Tensor):
+                raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor; pick another layer")
+            layout = stated.get(name) or layout_of(model, name, module, tuple(tensor.shape), int(batch.shape[0]), size)
+            if layout is None:
+                raise not_feature_maps(name, tuple(tensor.shape), layouts=True)
+            try:
+                layout.grid_of(tuple(tensor.shape), size)
+            except LayerError as exc:
+                raise LayerError(f"layer {name!r}: {exc}") from None
+            found[name] = layout
             if not with_gradients:
-                captured[name] = output.detach().clone()
+                captured[name] = tensor.detach().clone()
                 return None
             if torch.is_grad_enabled():
-                captured[name] = output
+                captured[name] = tensor
             else:
-                captured[name] = output.detach().requires_grad_(True)
+                captured[name] = tensor.detach().requires_grad_(True)
                 torch.set_grad_enabled(True)
-            return captured[name].clone()
+            copy = captured[name].clone()
+            return (copy, *rest) if rest is not None else copy
 
         return hook
 
@@ -91,14 +110,14 @@ def forward(
                 lambda module, args: head_inputs.append(args[0]) if threading.get_ident() == owner else None
             ))
         with torch.inference_mode(False), torch.no_grad():
-            out = canonical(model(batch), output, (int(batch.shape[-2]), int(batch.shape[-1])), batch.device)
+            result = canonical(model(batch), output, size, batch.device)
     finally:
         for handle in handles:
             handle.remove()
     missing = [name for name in layers if name not in captured]
     if missing:
         raise LayerError(f"layer {missing[0]!r} did not run during the forward pass; pick another layer")
-    return ForwardCapture(out, captured, head_inputs[-1] if head_inputs else None)
+    return ForwardCapture(result, captured, found, size, head_inputs[-1] if head_inputs else None)
 
 
 class TorchPass:
@@ -121,7 +140,8 @@ class TorchPass:
         with torch.inference_mode(False), torch.enable_grad():
             self._scores = tg.score(self._columns, capture.output)
         self.scores = _numpy(self._scores)
-        self.activations = {name: _numpy(a) for name, a in capture.activations.items()}
+        self._layouts = capture.layouts
+        self.activations = {name: self._nchw(name, _numpy(a), 1) for name, a in capture.activations.items()}
         self.head = head
         self._batched = True
 
@@ -132,9 +152,19 @@ class TorchPass:
             many = len(columns) > 1 and self._batched and self._scores.requires_grad
             batched = self._batched_grads(columns, inputs) if many else None
             if batched is not None:
-                return {name: _numpy(g.transpose(0, 1)) for name, g in zip(self._names, batched, strict=True)}
+                pairs = zip(self._names, batched, strict=True)
+                return {name: self._nchw(name, _numpy(g.transpose(0, 1)), 2) for name, g in pairs}
             grads = [self._grad(int(c), inputs) for c in columns]
-        return _stack(grads, self._names)
+        return self._stack(grads)
+
+    def _nchw(self, name: str, a: np.ndarray, lead: int) -> np.ndarray:
+        """A layer's array (activations, or per-column gradients) as channels-first maps."""
+        return self._layouts[name].to_nchw(a, self._capture.input_size, lead)
+
+    def _stack(self, columns: list[list[torch.Tensor]]) -> dict[str, np.ndarray]:
+        """Per layer, the columns' tensors stacked on a new target axis 1, channels first."""
+        return {name: self._nchw(name, np.stack([_numpy(c[i]) for c in columns], axis=1), 2)
+                for i, name in enumerate(self._names)}
 
     def _grad(self, column: int, inputs: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
         score = self._scores[:, column].sum()
@@ -182,12 +212,7 @@ class TorchPass:
                         (hx,) = torch.autograd.grad(g, x, x.detach(), retain_graph=True, allow_unused=True)
                     column.append(hx if hx is not None else torch.zeros_like(x))
                 columns_.append(column)
-        return _stack(firsts, self._names), _stack(columns_, self._names)
-
-
-def _stack(columns: list[list[torch.Tensor]], names: list[str]) -> dict[str, np.ndarray]:
-    """Per layer, the columns' tensors stacked on a new target axis 1, as NumPy."""
-    return {name: np.stack([_numpy(c[i]) for c in columns], axis=1) for i, name in enumerate(names)}
+        return self._stack(firsts), self._stack(columns_)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -201,13 +226,16 @@ class TorchProbe:
     Scores are the batch's target ``columns`` on each new output (every class when None).
     ``score_replaced`` swaps a target layer's output in a temporary forward hook (removed in
     ``finally``); the layers before it still run, so it is exact for any graph (residual
-    connections that bypass the layer included).
+    connections that bypass the layer included). Channels-first replacements go back to the
+    layer's layout (``capture``'s); a token layer keeps each sample's own prefix tokens.
     """
 
     def __init__(self, model: nn.Module, batch: torch.Tensor, layers: Mapping[str, nn.Module],
-                 columns: Sequence[Column] | None = None, output: int | str | None = None, max_batch: int = 32) -> None:
+                 columns: Sequence[Column] | None = None, output: int | str | None = None, max_batch: int = 32,
+                 capture: ForwardCapture | None = None) -> None:
         self._model, self._batch, self._layers = model, batch, dict(layers)
         self._columns, self._output = (list(columns) if columns is not None else None), output
+        self._capture = capture
         self.max_batch = max_batch
 
     def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0,
@@ -233,15 +261,30 @@ class TorchProbe:
         module = self._layers[layer]
         current: list[torch.Tensor] = []
         owner = threading.get_ident()
-        handle = module.register_forward_hook(lambda mod, args, out: current[0] if threading.get_ident() == owner else None)
+
+        def replace(mod: nn.Module, args: object, out: object) -> object:
+            if threading.get_ident() != owner:
+                return None
+            return (current[0], *out[1:]) if isinstance(out, tuple) else current[0]
+
+        handle = module.register_forward_hook(replace)
         try:
             def inputs(rows: slice) -> torch.Tensor:
-                current[:] = [torch.from_numpy(flat[rows]).to(self._batch.device, self._batch.dtype)]
-                return self._batch[torch.arange(rows.start, rows.stop) // count]
+                samples = torch.arange(rows.start, rows.stop) // count
+                current[:] = [torch.from_numpy(self._layout_of(layer, flat[rows], samples.numpy())).to(
+                    self._batch.device, self._batch.dtype)]
+                return self._batch[samples]
 
             return self._scores(n, count, inputs, columns)
         finally:
             handle.remove()
+
+    def _layout_of(self, layer: str, maps: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """Channels-first rows back in the layer's own layout."""
+        if self._capture is None or layer not in self._capture.layouts:
+            return maps
+        original = _numpy(self._capture.activations[layer])[samples]
+        return self._capture.layouts[layer].from_nchw(maps, original)
 
     def _scores(self, n: int, count: int, inputs: Callable[[slice], torch.Tensor], columns: np.ndarray | None) -> np.ndarray:
         chosen = self._columns if columns is None or self._columns is None else [self._columns[int(c)] for c in columns]

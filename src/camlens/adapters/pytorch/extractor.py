@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,12 +16,13 @@ from camlens.adapters.pytorch.outputs import canonical
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, pooled_features
+from camlens.core.layouts import Layout
 from camlens.core.methods import Method, methods_from
 from camlens.core.record import ClassifierHead, Need
 from camlens.core.result import CamResult
 from camlens.core.targets import SCORES, Targets
 from camlens.core.targets import resolve as resolve_columns
-from camlens.errors import CamlensError
+from camlens.errors import CamlensError, LayerError
 
 
 class TorchExplainer:
@@ -40,9 +41,15 @@ class TorchExplainer:
             ``max`` or ``product``; see :func:`camlens.core.fusion.fuse`).
         output: the entry of a tuple (index) or dict/``ModelOutput`` (key) output to explain,
             when it is not the first tensor, ``logits`` or ``out``.
+        layout: how the layers' outputs hold their maps, when the model's metadata does not
+            say (see :class:`camlens.core.layouts.Layout`): ``"tokens:1"`` (tokens after one
+            class token), ``"tokens:1:14x14"``, ``"nhwc"``..., for every layer or as a dict
+            by layer name. By default each layer's layout is found from the model.
 
-    Hooks live only during each call. Use as a context manager (or call :meth:`close`) to drop
-    the references to the model and its layers.
+    A ``torch.compile``'d model is explained through its original module (``_orig_mod``, the
+    same parameters): hooks do not fire inside compiled code. Hooks live only during each call.
+    Use as a context manager (or call :meth:`close`) to drop the references to the model and its
+    layers.
     """
 
     def __init__(
@@ -52,10 +59,14 @@ class TorchExplainer:
         layer: LayerSpec | Sequence[LayerSpec] | None = None,
         fuse: str | None = None,
         output: int | str | None = None,
+        layout: str | Layout | Mapping[str, str | Layout] | None = None,
     ) -> None:
         self.methods: list[Method] = methods_from(method)
         self._output = output
+        model = uncompiled(model)
         specs: list[LayerSpec | None] = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else [*layer]
+        specs = [s.removeprefix("_orig_mod.") if isinstance(s, str) else s for s in specs]
+        self._layout = layout
         check_fusion(fuse, len(specs))
         self._fuse = fuse
         self._model: nn.Module | None = model
@@ -96,6 +107,17 @@ class TorchExplainer:
         self._layers = layers
         return layers
 
+    def _layouts(self, layers: Mapping[str, nn.Module]) -> dict[str, Layout]:
+        """The stated layouts, by layer name."""
+        if self._layout is None:
+            return {}
+        if isinstance(self._layout, Mapping):
+            unknown = [k for k in self._layout if k.removeprefix("_orig_mod.") not in layers]
+            if unknown:
+                raise LayerError(f"layout= names {unknown[0]!r}, which is not a target layer ({', '.join(layers)})")
+            return {k.removeprefix("_orig_mod."): Layout.parse(v) for k, v in self._layout.items()}
+        return dict.fromkeys(layers, Layout.parse(self._layout))
+
     def __call__(self, batch: torch.Tensor, targets: Targets = None, *, top: int | None = None) -> CamResult:
         """Explain ``batch`` (``(N, 3, H, W)``, already preprocessed, on the model's device).
 
@@ -119,6 +141,7 @@ class TorchExplainer:
                 with_gradients=bool(self._needs & {Need.GRADIENTS, Need.HESSIAN}),
                 head=self._head.linear if self._head else None,
                 output=self._output,
+                layouts=self._layouts(layers),
             )
             head = None
             if self._head is not None:
@@ -129,7 +152,9 @@ class TorchExplainer:
                 features = pooled_features(_numpy(captured), pooled, self._head.layer, eps=eps, dropout=dropout)
                 head = ClassifierHead(self._head.layer, features, _numpy(self._head.weight))
             columns = resolve_columns(targets, fwd.output, top)
-            probe = cap.TorchProbe(model, batch, layers, columns, self._output) if Need.FORWARDS in self._needs else None
+            probe = None
+            if Need.FORWARDS in self._needs:
+                probe = cap.TorchProbe(model, batch, layers, columns, self._output, capture=fwd)
             return run(cap.TorchPass(fwd, columns, head, probe), self.methods, columns, self._fuse)
 
     def close(self) -> None:
@@ -149,11 +174,16 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 def feature_maps(model: nn.Module, batch: torch.Tensor, layer: LayerSpec | None = None,
                  output: int | str | None = None) -> tuple[str, np.ndarray]:
-    """Activations of one layer (automatic when ``None``) for a batch: ``(name, (N, C, h, w))``.
+    """Activations of one layer (automatic when ``None``) for a batch: ``(name, (N, C, h, w))``,
+    channels first whatever the layer's layout.
 
     One forward pass without gradients; hooks are removed before returning.
     """
-    spec = layer if layer is not None else TorchExplainer(model, "eigencam", output=output).layers(batch)[0]
-    name, module = resolve(model, spec)
-    fwd = cap.forward(model, batch, {name: module}, with_gradients=False, output=output)
-    return name, fwd.activations[name].float().cpu().numpy()
+    with TorchExplainer(model, "eigencam", layer, output=output) as ex:
+        return next(iter(ex(batch).activations.items()))
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The original module of a ``torch.compile``'d model (same parameters), else ``model``."""
+    original = getattr(model, "_orig_mod", None)
+    return original if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module) else model

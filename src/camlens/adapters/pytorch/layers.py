@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from camlens.adapters.pytorch.layouts import layout_of
+from camlens.core.layouts import TOKENS, Layout
 from camlens.errors import LayerError
 
 LayerSpec = str | nn.Module
@@ -27,17 +30,19 @@ _NOT_TARGETS = (
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One module as seen during a forward pass (in the order modules finished)."""
+    """One module as seen during a forward pass (in the order modules finished), with the
+    layout of its output (None when it holds no feature map) and that output's grid."""
 
     name: str
     kind: str
     output_shape: tuple[int, ...] | None
+    layout: Layout | None = None
+    grid: tuple[int, int] | None = None
 
     @property
     def spatial(self) -> bool:
-        """True when the output is ``(N, C, H, W)`` with more than one spatial position."""
-        s = self.output_shape
-        return s is not None and len(s) == 4 and s[2] * s[3] > 1
+        """True when the output is a feature map with more than one position."""
+        return self.grid is not None and self.grid[0] * self.grid[1] > 1
 
 
 def resolve(model: nn.Module, spec: LayerSpec) -> tuple[str, nn.Module]:
@@ -73,13 +78,25 @@ def trace(model: nn.Module, example: torch.Tensor, output: list[object] | None =
     seen: list[LayerInfo] = []
     handles = []
     owner = threading.get_ident()
+    modules = dict(model.named_modules())
+    training = any(m.training for m in model.modules())
+    batch = int(example.shape[0]) if training else 1
+    size = (int(example.shape[-2]), int(example.shape[-1]))
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
             if threading.get_ident() != owner:
                 return
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-            seen.append(LayerInfo(name, type(module).__name__, shape))
+            tensor = output[0] if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor) else output
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+            layout = layout_of(model, name, module, shape, batch, size, modules) if shape else None
+            grid = None
+            if layout is not None:
+                try:
+                    grid = layout.grid_of(shape, size)  # type: ignore[arg-type]
+                except LayerError:
+                    layout = None
+            seen.append(LayerInfo(name, type(module).__name__, shape, layout, grid))
 
         return hook
 
@@ -87,7 +104,6 @@ def trace(model: nn.Module, example: torch.Tensor, output: list[object] | None =
         for name, module in model.named_modules():
             if name:
                 handles.append(module.register_forward_hook(make_hook(name)))
-        training = any(m.training for m in model.modules())
         with torch.no_grad(), torch.random.fork_rng(devices=[example.device] if example.is_cuda else []):
             if training:  # functional_call swaps the buffers on the module: no other thread may trace meanwhile
                 state = {**dict(model.named_parameters()), **{k: b.clone() for k, b in model.named_buffers()}}
@@ -108,8 +124,12 @@ def trace(model: nn.Module, example: torch.Tensor, output: list[object] | None =
 
 
 def auto_layer(model: nn.Module, layers: Sequence[LayerInfo], backbone: bool = False) -> str:
-    """The last module to finish with a spatial ``(N, C, H, W)`` output that is not a pooling,
+    """The last module to finish with a feature-map output (any layout) that is not a pooling,
     dropout or identity layer: the features that feed the classifier's global pooling.
+
+    On a transformer with prefix tokens (ViT, DeiT, BEiT, EVA: a class token reads the patch
+    tokens in the last attention), the first norm of the last block: the input of the last
+    attention, where every patch token still matters (pytorch-grad-cam's choice, by hand).
 
     With ``backbone`` (a segmentation model or a detector, whose last spatial layers are its
     dense head), the search keeps to the model's ``backbone.body`` (torchvision's FPN
@@ -119,7 +139,20 @@ def auto_layer(model: nn.Module, layers: Sequence[LayerInfo], backbone: bool = F
     modules = dict(model.named_modules())
     prefixes = ("backbone.body.", "backbone.features.", "backbone.")
     prefix = next((p for p in prefixes if backbone and p[:-1] in modules), "")
-    for info in reversed(layers):
-        if info.name.startswith(prefix) and info.spatial and not isinstance(modules[info.name], _NOT_TARGETS):
-            return info.name
-    raise LayerError("found no layer with a spatial (N, C, H, W) output; give --layer explicitly")
+    order = list(layers)
+    candidates = [i for i, info in enumerate(order) if info.name.startswith(prefix) and info.spatial
+                  and not isinstance(modules[info.name], _NOT_TARGETS)]
+    if not candidates:
+        raise LayerError("found no layer with a spatial feature-map output; give --layer explicitly")
+    last = order[candidates[-1]]
+    if last.layout is not None and last.layout.kind == TOKENS and last.layout.prefix > 0:
+        attention = [i for i, info in enumerate(order) if _ATTENTION_NAME.search(info.kind)]
+        if attention:
+            before = [i for i in candidates if i < attention[-1]]
+            norms = [i for i in before if "norm" in order[i].kind.lower()]
+            if norms or before:
+                return order[(norms or before)[-1]].name
+    return last.name
+
+
+_ATTENTION_NAME = re.compile(r"attention|attn", re.IGNORECASE)
