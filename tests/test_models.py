@@ -146,3 +146,22 @@ def test_imagenet_names_match_timms_own_reader() -> None:
 
     info = ImageNetInfo()
     assert imagenet().names == tuple(info.index_to_description(i) for i in range(1000))
+
+
+def test_offline_timm_and_huggingface_names_fail_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not cached and huggingface.co unreachable: a one-line error before any download retries."""
+    import timm
+
+    from camlens.models import registry
+
+    monkeypatch.setattr(registry, "_reachable", lambda *args, **kwargs: False)
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    with pytest.raises(ModelError, match=r"'timm:vit_tiny_patch16_224' \(huggingface.co is not reachable\).*--weights FILE"):
+        load_model("timm:vit_tiny_patch16_224", device="cpu")
+    with pytest.raises(ModelError, match=r"'hf:google/vit-base-patch16-224' \(huggingface.co is not reachable\)") as err:
+        load_model("hf:google/vit-base-patch16-224", device="cpu")
+    assert "--weights" not in str(err.value)

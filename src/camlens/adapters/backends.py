@@ -112,11 +112,11 @@ class KerasBackend:
 
     def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
         from camlens.adapters.keras.extractor import layer_table
-        from camlens.adapters.keras.graph import auto_layer, name_of
+        from camlens.adapters.keras.graph import auto_layer, name_of, spatial
         from camlens.adapters.keras.head import find_head
 
         head = find_head(loaded.model, loaded.output if loaded.output is not None or len(loaded.model.outputs) == 1 else 0)
-        rows = [(name, kind, shape, "NHWC" if _spatial(shape) else "") for name, kind, shape in layer_table(loaded.model)]
+        rows = [(name, kind, shape, "NHWC" if spatial(shape) else "") for name, kind, shape in layer_table(loaded.model)]
         return rows, name_of(auto_layer(loaded.model, head.maps))
 
 
@@ -128,14 +128,6 @@ def backend_for(loaded: LoadedModel) -> Backend:
 def is_keras_model(model: object) -> bool:
     """True for a Keras 3 model, without importing Keras for other objects."""
     return any(c.__module__.startswith("keras") for c in type(model).__mro__) and hasattr(model, "layers")
-
-
-def _spatial(shape: tuple[int | None, ...] | None) -> bool:
-    """A 4-D channels-last output with more than one position (unknown sizes count)."""
-    if shape is None or len(shape) != 4:
-        return False
-    sizes = [d for d in shape[1:3] if d is not None]
-    return len(sizes) < 2 or sizes[0] * sizes[1] > 1
 
 
 def _blank(loaded: LoadedModel) -> Any:

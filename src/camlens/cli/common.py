@@ -65,7 +65,8 @@ def for_cli(message: str) -> str:
 ModelOpt = Annotated[
     str,
     typer.Option(
-        "--model", "-m", help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, keras:NAME, or a model file."
+        "--model", "-m",
+        help="efficientnet_lite0 (bundled), a torchvision name, timm:NAME, hf:REPO, keras:NAME, or a model file."
     ),
 ]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights file for the named architecture.")]

@@ -71,7 +71,8 @@ def load_model(
     Args:
         name: ``efficientnet_lite0`` (bundled, offline), a torchvision classification,
             segmentation or detection model (``resnet50``, ``fcn_resnet50``,
-            ``fasterrcnn_resnet50_fpn``...), ``timm:NAME``, ``keras:NAME`` (a
+            ``fasterrcnn_resnet50_fpn``...), ``timm:NAME``, ``hf:REPO`` (a HuggingFace
+            ``transformers`` image classifier), ``keras:NAME`` (a
             ``keras.applications`` model), or a path to a camlens checkpoint, a pickled
             ``nn.Module``, or a Keras ``.keras``/``.h5`` model.
         output: the output to explain: of a multi-output Keras model (index or name), or the
@@ -104,7 +105,7 @@ def load_model(
         built, prep, names = _from_file(Path(name), trust_pickle)
     else:
         built, prep = _builder(name, pretrained)(weights_path)
-        names = _torchvision_categories(name) if weights_path is None else None
+        names = _categories(name, built) if weights_path is None else None
     if headless:
         built, names = _headless(built, name), None
     model = built.eval().to(dev)
@@ -207,6 +208,8 @@ def _builder(name: str, pretrained: bool = True) -> Callable[[Path | None], tupl
         return _bundled
     if name.startswith("timm:"):
         return lambda w: _timm(name[len("timm:") :], w, pretrained)
+    if name.startswith("hf:"):
+        return lambda w: _hf(name[len("hf:") :], w, pretrained)
     if name in _torchvision_names():
         return lambda w: _torchvision(name, w, pretrained)
     close = difflib.get_close_matches(name, model_names(), n=5, cutoff=0.6)
@@ -267,6 +270,33 @@ def _timm(arch: str, weights: Path | None, pretrained: bool = True) -> tuple[nn.
     return model, _timm_preprocessing(model)
 
 
+def _hf(repo: str, weights: Path | None, pretrained: bool = True) -> tuple[nn.Module, Preprocessing]:
+    """A HuggingFace ``transformers`` image classifier by repository name, with its image
+    processor's mean, std and size (downloaded on first use; offline, a one-line error at once)."""
+    if weights is not None:
+        raise ModelError(f"hf:{repo} loads its own weights; --weights is for torchvision and timm architectures")
+    try:
+        import transformers
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError as exc:
+        raise ModelError("hf: models need `pip install transformers`") from exc
+    cache = "the Hugging Face cache (~/.cache/huggingface)"
+    if not isinstance(try_to_load_from_cache(repo, "config.json"), str) and not _reachable("huggingface.co"):
+        raise ModelError(_offline_message(f"hf:{repo}", OSError("huggingface.co is not reachable"), cache, weights=False))
+    try:
+        auto = transformers.AutoModelForImageClassification
+        model = auto.from_pretrained(repo) if pretrained else auto.from_config(transformers.AutoConfig.from_pretrained(repo))
+        processor = transformers.AutoImageProcessor.from_pretrained(repo)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"hf:{repo}: {str(exc).splitlines()[0][:200]}") from exc
+    size = dict(getattr(processor, "size", None) or {})
+    side = size.get("shortest_edge", 224)
+    h, w = int(size.get("height") or side), int(size.get("width") or side)
+    mean = tuple(getattr(processor, "image_mean", None) or (0.5, 0.5, 0.5))
+    std = tuple(getattr(processor, "image_std", None) or (0.5, 0.5, 0.5))
+    return model, Preprocessing(mean, std, (h, w), "bilinear")
+
+
 def _timm_weights_cached(arch: str) -> bool:
     """The pretrained weights of a timm model are in the local Hugging Face cache."""
     try:
@@ -313,8 +343,12 @@ def _dense_names() -> list[str]:
     return [*tvm.list_models(module=tvm.segmentation), *tvm.list_models(module=tvm.detection)]
 
 
-def _torchvision_categories(name: str) -> list[str] | None:
-    """The class names of a torchvision segmentation or detection model's weights."""
+def _categories(name: str, model: nn.Module) -> list[str] | None:
+    """Class names a named model carries: a HuggingFace config's ``id2label``, a torchvision
+    segmentation or detection model's weights' categories (classifiers: ImageNet-1k, the default)."""
+    if name.startswith("hf:"):
+        id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+        return [str(id2label[i]) for i in range(len(id2label))] if all(i in id2label for i in range(len(id2label))) else None
     if name not in _dense_names():
         return None
     import torchvision.models as tvm
@@ -434,9 +468,10 @@ def _num_classes(model: nn.Module) -> int:
     raise ModelError("cannot tell the number of classes (no linear or conv layer); pass a labels file")
 
 
-def _offline_message(name: str, exc: OSError, cache: str) -> str:
+def _offline_message(name: str, exc: OSError, cache: str, weights: bool = True) -> str:
+    bundled = f"the bundled, offline {DEFAULT_MODEL}"
+    alternative = f"pass --weights FILE (or use {bundled})" if weights else f"use {bundled}"
     return (
-        f"cannot get pretrained weights for {name!r} ({exc.__class__.__name__}): they download on first "
-        f"use into {cache}; connect once, or pass --weights FILE (or use the bundled, offline "
-        f"{DEFAULT_MODEL})"
+        f"cannot get pretrained weights for {name!r} ({exc}): they download on first use into {cache}; "
+        f"connect once, or {alternative}"
     )
