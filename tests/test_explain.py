@@ -72,3 +72,15 @@ def test_an_explanation_shows_itself_in_jupyter(lens) -> None:  # type: ignore[n
     exp = lens.explain([sample_image("coffee")], "gradcam")[0][0]
     png = exp._repr_png_()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_a_class_and_its_probability_are_two_explanations_with_their_own_names(tiny) -> None:  # type: ignore[no-untyped-def]
+    from camlens.explain import Lens
+    from camlens.models.preprocess import Preprocessing
+    from camlens.targets import Class, Probability
+
+    lens = Lens(tiny, preprocessing=Preprocessing(input_size=(8, 8)))
+    picture = np.zeros((8, 8, 3), np.uint8)
+    [items] = lens.explain([picture], "gradcam", "relu", [Class(1), Probability(1), "1"])
+    assert [e.kind for e in items] == ["class", "probability"]
+    assert len({e.tag for e in items}) == 2 and items[1].tag.endswith("-probability")

@@ -87,6 +87,15 @@ def test_one_unit_head_positive_and_negative_sides() -> None:
     np.testing.assert_allclose(probs, np.stack([sig, sig, 1 - sig], axis=1), rtol=1e-4, atol=1e-7)
 
 
+def test_cam_on_a_one_unit_head_explains_both_sides() -> None:
+    model = OneUnit().eval()
+    acts, w = _acts(model), model.fc.weight.detach().numpy()[0].astype(np.float64)
+    out = _run(model, [Class(1), Class(0)], "cam")
+    expected = np.einsum("c,nchw->nhw", w / 2, acts)  # CAM keeps its sign
+    np.testing.assert_allclose(out.map()[:, 0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.map()[:, 1], -expected, rtol=1e-5, atol=1e-6)
+
+
 def test_probability_and_sigmoid_golden(tiny: TinyGapNet) -> None:
     acts, w = _acts(tiny), tiny.fc.weight.detach().numpy().astype(np.float64)
     hw = acts.shape[2] * acts.shape[3]
@@ -287,6 +296,10 @@ def test_cam_refuses_targets_that_are_not_class_logits(tiny: TinyGapNet) -> None
         (TinyGapNet, Top(0), "k must be a positive integer"),
         (TinyGapNet, "best", "unknown target 'best'"),
         (TinySeg, lambda logits: logits.argmax(1), "a target function receives"),
+        (TinyGapNet, 2.7, r"must be an integer or one integer per sample"),
+        (TinyDetector, Detection([np.ones((1, 4)) * [0, 0, 2, 2], np.ones((2, 4)) * [0, 0, 2, 2]]), "with the same B"),
+        (TinyDetector, Detection([[0, 0, 2, 2], [1, 1, 3, 3]], labels=[1, 2, 1]), "3 labels for 2 boxes"),
+        (TinyDetector, Detection(np.zeros((0, 4))), "the targets explain nothing"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(model: type[nn.Module], target: object, message: str) -> None:

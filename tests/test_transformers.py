@@ -210,3 +210,27 @@ def test_layers_command_lists_layouts_offline_without_attention_internals() -> N
     assert not any(".attn" in r for r in rows)
     [default] = [r for r in rows if "<- default" in r]
     assert "blocks.11.norm1" in default and "tokens 14x14" in default
+
+
+def test_cam_on_a_channels_last_swin_is_exact() -> None:
+    """CAM at timm Swin's NHWC ``norm``: each class map's spatial mean is its logit minus the bias."""
+    torch.manual_seed(5)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+    x = torch.rand(1, 3, 224, 224)
+    with Explainer(model, "cam") as ex:
+        out = ex(x, np.array([[3, 9]]))
+    with torch.no_grad():
+        logits = model(x).numpy()[0, [3, 9]]
+    bias = model.head.fc.bias.detach().numpy()[[3, 9]]
+    np.testing.assert_allclose(out.map()[0].mean(axis=(1, 2)), logits - bias, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_layers_on_4d_tensors_are_channels_last() -> None:
+    """ConvNeXt's block MLPs act on (N, h, w, C): their outputs are read channels last."""
+    from camlens.adapters.pytorch.layers import trace
+
+    model = torchvision.models.convnext_tiny().eval()
+    infos = {i.name: i for i in trace(model, torch.rand(1, 3, 224, 224))}
+    mlp = infos["features.1.0.block.3"]  # nn.Linear(96, 384) after a Permute to channels last
+    assert mlp.layout is not None and mlp.layout.kind == "NHWC" and mlp.grid == (56, 56)
+    assert infos["features.1.0.block.0"].layout.kind == "NCHW"  # type: ignore[union-attr]  (the depthwise conv)

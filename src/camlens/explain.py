@@ -178,8 +178,10 @@ class Explanation:
     def tag(self) -> str:
         """The part of an output file name that says what was explained."""
         first = safe_part(self.target.label.split(",")[0])
-        if self.kind in _CLASS_KINDS:
+        if self.kind == "class":
             return f"{self.target.index}-{first}"
+        if self.kind in _CLASS_KINDS:  # probability, sigmoid: the same class, another score
+            return f"{self.target.index}-{first}-{self.kind}"
         if self.kind == "segmentation":
             return f"{self.target.index}-{first}-region"
         what = safe_part(self.what or self.kind)
@@ -311,13 +313,13 @@ class Lens:
         for i, picture in enumerate(pictures):
             preds = [] if self.loaded.embedding else self._top(probs[i], top)
             items: list[Explanation] = []
-            seen: set[tuple[str, int]] = set()
+            seen: set[tuple[str, int, str | None]] = set()
             for k, column in enumerate(result.columns):
                 cls = int(column.classes[i])
-                if column.kind in _CLASS_KINDS and column.label is None:
-                    if (column.kind, cls) in seen:  # a class asked for twice is explained once
-                        continue
-                    seen.add((column.kind, cls))
+                key = (column.kind, cls, column.label)
+                if key in seen:  # a target asked for twice (a class, and the top class) is explained once
+                    continue
+                seen.add(key)
                 details = self._details(column, i, picture, probs[i], float(result.scores[i, k]))
                 for m, by_layer in result.maps.items():
                     for name, maps in by_layer.items():

@@ -138,7 +138,8 @@ def mark(image: Image.Image, region: np.ndarray | None = None, box: tuple[float,
         pixels[edge] = colour
         out = Image.fromarray(pixels)
     if box is not None and all(np.isfinite(box)):
-        ImageDraw.Draw(out).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=colour, width=line)
+        ImageDraw.Draw(out).rectangle([box[0], box[1], max(box[2] - 1, box[0]), max(box[3] - 1, box[1])], outline=colour,
+                                      width=line)
     return out
 
 

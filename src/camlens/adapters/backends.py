@@ -117,7 +117,7 @@ class KerasBackend:
 
         head = find_head(loaded.model, loaded.output if loaded.output is not None or len(loaded.model.outputs) == 1 else 0)
         rows = [(name, kind, shape, "NHWC" if spatial(shape) else "") for name, kind, shape in layer_table(loaded.model)]
-        return rows, name_of(auto_layer(loaded.model, head.maps))
+        return rows, name_of(auto_layer(loaded.model, head.maps, head.dense_path))
 
 
 def backend_for(loaded: LoadedModel) -> Backend:

@@ -155,7 +155,8 @@ class Column:
         classes: ``(N,)`` the class each sample's score belongs to, ``-1`` where none.
         linear: the score is a pre-softmax class logit (what CAM's class weights explain).
         regions: ``(N, H, W)`` bool at the input size: the pixels a segmentation score sums.
-        boxes: ``(N, 4)`` the detection each sample's score belongs to (NaN where none matched).
+        boxes: ``(N, 4)`` the box each sample's score is about: the given box of a
+            :class:`Detection`, else the detection's own box (NaN where none matched).
         score: scores any output of the model for rows of given samples.
         index: a plain class logit (``take(value, classes)``): columns so marked are scored
             together in one gather.
@@ -570,8 +571,11 @@ class Detection(Target):
     def freeze(self, out: Output) -> list[Column]:
         self.check(out)
         n = out.size
-        raw = [np.asarray(b, dtype=np.float64) for b in self.boxes] if _is_ragged(self.boxes) else None
-        boxes = np.stack(raw) if raw is not None else np.asarray(self.boxes, dtype=np.float64)
+        try:
+            raw = [np.asarray(b, dtype=np.float64) for b in self.boxes] if _is_ragged(self.boxes) else None
+            boxes = np.stack(raw) if raw is not None else np.asarray(self.boxes, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TargetError(f"target {self!r}: boxes must be (B, 4) numbers, or N arrays of (B, 4) with the same B") from None
         if boxes.ndim == 1:
             boxes = boxes[None]
         if boxes.ndim == 2:
@@ -581,7 +585,10 @@ class Detection(Target):
         if not np.all(np.isfinite(boxes)) or np.any(boxes[..., 2:] <= boxes[..., :2]):
             raise TargetError(f"target {self!r}: each box is x0, y0, x1, y1 with x1 > x0 and y1 > y0")
         count = boxes.shape[1]
-        labels = None if self.labels is None else np.broadcast_to(np.asarray(self.labels, dtype=np.int64), (count,))
+        labels = None if self.labels is None else np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if labels is not None and labels.shape[0] not in (1, count):
+            raise TargetError(f"target {self!r}: {labels.shape[0]} labels for {count} boxes; give one per box")
+        labels = None if labels is None else np.broadcast_to(labels, (count,))
         columns = []
         for j in range(count):
             label = None if labels is None else int(labels[j])
@@ -736,19 +743,26 @@ def as_targets(spec: Targets, out: Output, top: int | None = None) -> list[Targe
         raise TargetError(f"cannot read targets from {_short(spec)}; give indices, or camlens.targets kinds only")
     n = out.size
     if t.ndim == 0:
-        return [Class(int(t))]
+        return [Class(t)]
     if t.ndim == 1:
         if t.shape[0] != n:
             raise TargetError(f"{t.shape[0]} targets for a batch of {n}; give one per sample")
-        return [Class(t.astype(np.int64))]
+        return [Class(t)]
     if t.ndim != 2 or t.shape[0] != n:
         raise TargetError(f"targets of shape {tuple(t.shape)} do not fit a batch of {n}")
-    return [Class(t[:, k].astype(np.int64)) for k in range(t.shape[1])]
+    return [Class(t[:, k]) for k in range(t.shape[1])]
 
 
 def resolve(spec: Targets, out: Output, top: int | None = None) -> list[Column]:
-    """The columns a target spec explains for the batch whose output is ``out`` (see :func:`as_targets`)."""
-    return [c for target in as_targets(spec, out, top) for c in target.freeze(out)]
+    """The columns a target spec explains for the batch whose output is ``out`` (see :func:`as_targets`).
+
+    Raises:
+        TargetError: the spec explains nothing (no boxes, a score of width 0).
+    """
+    columns = [c for target in as_targets(spec, out, top) for c in target.freeze(out)]
+    if not columns:
+        raise TargetError("the targets explain nothing (no class, box or score given)")
+    return columns
 
 
 def score(columns: Sequence[Column], out: Output, samples: np.ndarray | None = None) -> Any:

@@ -312,9 +312,14 @@ def _timm_weights_cached(arch: str) -> bool:
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
-    """A TCP connection to ``host:443`` opens within ``timeout`` seconds (offline: fails at once)."""
+    """A TCP connection to ``host:443`` opens within ``timeout`` seconds (offline: fails at once).
+    Behind a proxy or a Hub mirror (``HTTPS_PROXY``, ``HF_ENDPOINT``) nothing is probed: the
+    download's own error tells."""
+    import os
     import socket
 
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT")):
+        return True
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True

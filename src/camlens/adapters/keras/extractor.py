@@ -58,7 +58,8 @@ class KerasExplainer:
         self.model: Any = model
         self.head: Head = find_head(model, output)
         dense = self.head.maps
-        self.paths: list[LayerPath] = [auto_layer(model, dense) if s is None else resolve(model, s) for s in specs]
+        self.paths: list[LayerPath] = [auto_layer(model, dense, self.head.dense_path) if s is None else resolve(model, s)
+                                       for s in specs]
         if Need.CLASS_WEIGHTS in self._needs:
             self._check_cam_layers()
 
@@ -109,7 +110,7 @@ def feature_maps(
 ) -> tuple[str, np.ndarray]:
     """Activations ``(N, C, h, w)`` of one layer (automatic when None), no gradients."""
     head = find_head(model, output if output is not None or len(model.outputs) == 1 else 0)
-    path = auto_layer(model, head.maps) if layer is None else resolve(model, layer)
+    path = auto_layer(model, head.maps, head.dense_path) if layer is None else resolve(model, layer)
     fwd = routes.forward_pass(model, batch, [path], head, with_gradients=False)
     return name_of(path), fwd.activations[name_of(path)]
 

@@ -90,19 +90,22 @@ def spatial(shape: tuple[int | None, ...] | None) -> bool:
     return h is None or w is None or h * w > 1
 
 
-def auto_layer(model: Any, backbone: bool = False) -> LayerPath:
+def auto_layer(model: Any, backbone: bool = False, head: LayerPath | None = None) -> LayerPath:
     """The last layer with a spatial output that is not pooling, dropout or a nested model
     (whose inside is searched instead): the features that feed global pooling.
 
     With ``backbone`` (a segmentation head, whose last spatial layers are the head itself), the
     last stage of the last nested model (a ``keras.applications`` backbone) when there is one,
-    else the last spatial layer before the output layer."""
-    candidates = [(path, layer) for path, layer in walk(model)
+    else the last spatial layer before the ``head`` layer (the output convolution)."""
+    layers = list(walk(model))
+    if backbone and head is not None and head in [p for p, _ in layers]:
+        layers = layers[: [p for p, _ in layers].index(head)]
+    candidates = [(path, layer) for path, layer in layers
                   if spatial(output_shape(layer)) and not is_container(layer) and not isinstance(layer, _NOT_TARGETS)]
     if backbone:
-        nested = [path for path, layer in walk(model) if is_container(layer)]
+        nested = [path for path, layer in layers if is_container(layer)]
         inside = [c for c in candidates if nested and c[0][: len(nested[-1])] == nested[-1]]
-        candidates = inside or candidates[:-1]
+        candidates = inside or (candidates if head is not None else candidates[:-1])
     chosen = None
     for path, _ in candidates:
         chosen = path

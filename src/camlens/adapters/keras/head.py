@@ -44,7 +44,7 @@ class Head:
         return 2 if self.binary else self.units
 
     def class_weights(self) -> np.ndarray:
-        """``(classes, C)`` weights of the Dense head, matching :meth:`scores`' classes."""
+        """``(classes, C)`` weights of the Dense head, matching the classes of the head's scores (two for a one-unit head)."""
         w = keras.ops.convert_to_numpy(self.dense.kernel).T.astype(np.float32)
         return np.concatenate([-w / 2, w / 2]) if self.binary else w
 

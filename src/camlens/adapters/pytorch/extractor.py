@@ -143,19 +143,23 @@ class TorchExplainer:
                 output=self._output,
                 layouts=self._layouts(layers),
             )
-            head = None
+            columns = resolve_columns(targets, fwd.output, top)
+            probe = None
+            if Need.FORWARDS in self._needs:
+                probe = cap.TorchProbe(model, batch, layers, columns, self._output, capture=fwd)
+            pass_ = cap.TorchPass(fwd, columns, None, probe)
             if self._head is not None:
                 captured = fwd.activations[self._head.layer]
                 pooled = _numpy(fwd.head_input) if fwd.head_input is not None else None
                 eps = float(torch.finfo(captured.dtype).eps) if captured.dtype.is_floating_point else 0.0
                 dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in model.modules())
-                features = pooled_features(_numpy(captured), pooled, self._head.layer, eps=eps, dropout=dropout)
-                head = ClassifierHead(self._head.layer, features, _numpy(self._head.weight))
-            columns = resolve_columns(targets, fwd.output, top)
-            probe = None
-            if Need.FORWARDS in self._needs:
-                probe = cap.TorchProbe(model, batch, layers, columns, self._output, capture=fwd)
-            return run(cap.TorchPass(fwd, columns, head, probe), self.methods, columns, self._fuse)
+                maps = pass_.activations[self._head.layer]  # channels first, whatever the layer's layout
+                features = pooled_features(maps, pooled, self._head.layer, eps=eps, dropout=dropout)
+                weights = _numpy(self._head.weight)
+                if fwd.output.binary:  # the one unit's two scores are [-z/2, z/2]
+                    weights = np.concatenate([-weights / 2, weights / 2])
+                pass_.head = ClassifierHead(self._head.layer, features, weights)
+            return run(pass_, self.methods, columns, self._fuse)
 
     def close(self) -> None:
         """Drop references to the model and its layers."""

@@ -40,7 +40,8 @@ def find_linear_head(model: nn.Module, layer: str, layers: Sequence[LayerInfo], 
         MethodError: no such layer (e.g. VGG's MLP head), naming what was looked for.
     """
     info = {i.name: i for i in layers}[layer]
-    channels = info.output_shape[1] if info.output_shape else -1
+    channel_axis = 1 if info.layout is None or info.layout.kind == "NCHW" else -1
+    channels = info.output_shape[channel_axis] if info.output_shape else -1
     modules = dict(model.named_modules())
     for candidate in reversed(layers):
         module = modules[candidate.name]

@@ -1,15 +1,17 @@
 """Layouts of a PyTorch model's layers, found from the model's own metadata.
 
 * 4-D outputs are channels first, except where the model says channels last: timm models
-  with ``output_fmt == "NHWC"`` (Swin, SwinV2), torchvision's Swin, and any ``LayerNorm``
-  over the last axis of a 4-D output.
+  with ``output_fmt == "NHWC"`` (Swin, SwinV2), torchvision's Swin, a plain ``LayerNorm``
+  over the last axis of a 4-D output, and ``Linear`` layers applied to 4-D tensors (they map
+  the last axis); 2-D convolutions, batch norms and poolings are channels first, always.
 * 3-D outputs ``(N, L, C)`` are tokens. Their prefix (class, distillation, register tokens)
   comes from timm's ``num_prefix_tokens`` (or its ``cls_token``/``dist_token``/``reg_token``
   parameters), torchvision ``VisionTransformer``'s class token, or a
   HuggingFace config's ``patch_size`` (``L - (H/p)(W/p)``); models without such metadata have
   none. The grid follows from the token count and the input's aspect ratio.
-* Modules inside an attention module (query/key/value projections, attention weights) have no
-  layout: they are not feature maps.
+* Attention modules and positional encodings, and the modules inside them (query/key/value
+  projections, attention weights), are never offered as map layers (``camlens layers``, the
+  automatic choice); named explicitly, their output is read like any other.
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def layout_of(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, 
         dims = getattr(module, "dims", None)
         if type(module).__name__ == "Permute" and dims is not None:  # torchvision's Permute
             return Layout(NCHW) if list(dims) == [0, 3, 1, 2] else Layout(NHWC) if list(dims) == [0, 2, 3, 1] else None
-        norm_last = isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (shape[-1],)
+        if isinstance(module, nn.Linear):
+            return Layout(NHWC)  # a linear layer maps the last axis: channels last (ConvNeXt's MLPs)
+        norm_last = type(module) is nn.LayerNorm and tuple(module.normalized_shape) == (shape[-1],)
         return Layout(NHWC) if channels_last_model(model) or norm_last else Layout(NCHW)
     if len(shape) != 3:
         return None
