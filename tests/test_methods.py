@@ -25,6 +25,8 @@ from camlens.core.record import Need
 from camlens.errors import MethodError
 from tests.conftest import TinyGapNet
 
+CNN_METHODS = method_names(without={Need.ATTENTION})  # every method with maps on a CNN (not attention rollout)
+
 ACTS = np.array([[[[1.0, 2.0], [0.0, 1.0]], [[0.5, 0.0], [0.0, 0.5]]]])  # (1, 2, 2, 2); channel sums 4, 1
 GRADS = np.array([[[[0.5, -1.0], [0.0, 2.0]], [[1.0, 1.0], [-2.0, 0.0]]]])
 
@@ -160,10 +162,10 @@ def test_every_method_documents_itself(cls: type[Method]) -> None:
 def photo_maps(lens):  # type: ignore[no-untyped-def]
     from camlens.samples import sample_image
 
-    return lens.explain([sample_image("coffee")], method_names(), None, ["espresso", "top-2"])[0]
+    return lens.explain([sample_image("coffee")], CNN_METHODS, None, ["espresso", "top-2"])[0]
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_every_method_on_the_bundled_model_and_a_real_photo(photo_maps, method: str) -> None:  # type: ignore[no-untyped-def]
     maps = [e for e in photo_maps if e.method == method]
     assert {e.target.label for e in maps} >= {"espresso"} and len(maps) == 2
@@ -172,7 +174,7 @@ def test_every_method_on_the_bundled_model_and_a_real_photo(photo_maps, method: 
         assert np.isfinite(e.heatmap).all() and e.heatmap.max() == 1.0
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_every_method_is_deterministic_and_batch_independent(tiny: TinyGapNet, method: str) -> None:
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(9))
     with Explainer(tiny, method, "relu") as ex:

@@ -234,3 +234,72 @@ def test_linear_layers_on_4d_tensors_are_channels_last() -> None:
     mlp = infos["features.1.0.block.3"]  # nn.Linear(96, 384) after a Permute to channels last
     assert mlp.layout is not None and mlp.layout.kind == "NHWC" and mlp.grid == (56, 56)
     assert infos["features.1.0.block.0"].layout.kind == "NCHW"  # type: ignore[union-attr]  (the depthwise conv)
+
+
+def _rollout_by_hand(attentions: list[np.ndarray], prefix: int, grid: tuple[int, int]) -> np.ndarray:
+    """Abnar & Zuidema's rollout, written out: per block mean over heads, plus I, rows
+    renormalised, multiplied from the first block up; the class token's row over the patches."""
+    n, _, length, _ = attentions[0].shape
+    out = np.zeros((n, *grid))
+    for i in range(n):
+        rollout = np.eye(length)
+        for a in attentions:
+            mixed = a[i].mean(axis=0) + np.eye(length)
+            rollout = (mixed / mixed.sum(axis=1, keepdims=True)) @ rollout
+        out[i] = rollout[0, prefix:].reshape(grid)
+    return out
+
+
+def test_attention_rollout_on_a_two_block_timm_vit_by_hand() -> None:
+    import copy
+
+    torch.manual_seed(6)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=32, patch_size=8).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with Explainer(model, ["rollout", "gradcam"]) as ex:
+        out = ex(x, "top-2")
+    reference = copy.deepcopy(model)
+    seen: list[np.ndarray] = []
+    for block in reference.blocks:  # the unfused path materialises the probabilities: hook them there
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(lambda m, a, o: seen.append(o.detach().numpy()))
+    with torch.no_grad():
+        reference(x)
+    expected = _rollout_by_hand(seen, 1, (4, 4))
+    maps = out.maps["rollout"]["blocks.1.norm1"]
+    assert maps.shape == (2, 2, 4, 4)
+    np.testing.assert_allclose(maps[:, 0], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(maps[:, 1], maps[:, 0])  # class-agnostic
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_attention_rollout_on_torchvision_vit_matches_its_own_attention_weights() -> None:
+    torch.manual_seed(7)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                                 mlp_dim=32, num_classes=3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with Explainer(model, "rollout") as ex:
+        maps = ex(x).map()[:, 0]
+    seen: list[np.ndarray] = []
+
+    def weights(module: nn.MultiheadAttention, args: tuple[torch.Tensor, ...]) -> None:
+        with torch.no_grad():
+            _, w = nn.MultiheadAttention.forward(module, args[0], args[1], args[2], need_weights=True,
+                                                 average_attn_weights=False)
+        seen.append(w.numpy())
+
+    handles = [layer.self_attention.register_forward_pre_hook(weights) for layer in model.encoder.layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    np.testing.assert_allclose(maps, _rollout_by_hand(seen, 1, (4, 4)), rtol=1e-4, atol=1e-6)
+
+
+def test_attention_rollout_refuses_models_without_readable_attention(tiny) -> None:  # type: ignore[no-untyped-def]
+    from camlens.errors import MethodError
+
+    with pytest.raises(MethodError, match="attention rollout reads timm ViT/DeiT attention"):
+        Explainer(tiny, "rollout", "relu")(torch.rand(1, 3, 8, 8))

@@ -10,6 +10,7 @@ from camlens.adapters import Explainer
 from camlens.core.methods import (
     CAM,
     KPCACAM,
+    AttentionRollout,
     EigenCAM,
     EigenGradCAM,
     GradCAM,
@@ -31,6 +32,7 @@ from camlens.models import load_model
 __all__ = [
     "CAM",
     "KPCACAM",
+    "AttentionRollout",
     "CamResult",
     "CamlensError",
     "EigenCAM",

@@ -59,6 +59,9 @@ def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], 
     probe = fwd.probe if Need.FORWARDS in needs else None
     if Need.FORWARDS in needs and probe is None:
         raise MethodError("a method needs extra forward passes, which this adapter did not provide")
+    attention = fwd.attention if Need.ATTENTION in needs else None
+    if Need.ATTENTION in needs and attention is None:
+        raise MethodError("a method needs the attention maps of a transformer, which this adapter did not capture")
     count = len(columns)
     chunk = _chunk(acts, (targets.shape[0], count), needs)
     parts: dict[str, dict[str, list[np.ndarray]]] = {m.name: {name: [] for name in acts} for m in methods}
@@ -78,7 +81,7 @@ def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], 
                 weights = head.weights[cols[0]][None] if shared else head.weights[cols]
                 features = head.features
             record = LayerRecord(name, a, cols, grads.get(name), hessian.get(name), weights, features,
-                                 fwd.scores[:, index], probe, index)
+                                 fwd.scores[:, index], probe, index, attention)
             for m in methods:
                 if Need.CLASS_WEIGHTS in m.needs and weights is None:
                     raise MethodError(f"{m.title} needs the classifier's weights at layer {name!r}")

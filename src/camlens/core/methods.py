@@ -127,9 +127,10 @@ def _key(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
-def method_names() -> list[str]:
-    """Canonical names of all registered methods, in registration order."""
-    return list(_REGISTRY)
+def method_names(without: frozenset[Need] | set[Need] = frozenset()) -> list[str]:
+    """Canonical names of the registered methods, in registration order; ``without`` leaves out
+    those that need any of it (e.g. ``{Need.ATTENTION}``: the methods that work on any CNN)."""
+    return [name for name, cls in _REGISTRY.items() if not cls.needs & set(without)]
 
 
 def method_classes() -> list[type[Method]]:
@@ -579,3 +580,42 @@ class KPCACAM(Method):
             return np.zeros(rows.shape[0])
         kpca = KernelPCA(n_components=1, kernel=self.kernel, gamma=1.0 / rows.shape[1], random_state=0)
         return _oriented(kpca.fit_transform(centred)[:, 0], reference)
+
+
+@register
+class AttentionRollout(Method):
+    r"""Attention rollout (Abnar & Zuidema, ACL 2020, "Quantifying Attention Flow in
+    Transformers", arXiv:2005.00928).
+
+    Per block :math:`l`, the heads' mean attention :math:`\bar A_l` plus the residual
+    connection, renormalised: :math:`\hat A_l = (\bar A_l + I) / 2`; the rollout is their
+    product :math:`R = \hat A_L \cdots \hat A_1`, and the map is the class token's row of
+    :math:`R` over the patch tokens (the mean row when the model has no prefix token). It does
+    not depend on the target: every target of a sample gets the same map. No head discarding,
+    no gradients.
+    """
+
+    name = "rollout"
+    aliases = ("attention-rollout",)
+    formula = "class token's row of prod_l (mean_heads A_l + I) / 2, over the patches"
+    title = "Attention rollout"
+    paper = "Abnar & Zuidema, ACL 2020"
+    needs = frozenset({Need.ATTENTION})
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        attention = record.attention
+        if attention is None or not attention.probabilities:
+            raise MethodError("attention rollout needs a transformer's attention maps, which the adapter did not capture")
+        n = attention.probabilities[0].shape[0]
+        length = attention.probabilities[0].shape[-1]
+        rollout = np.broadcast_to(np.eye(length), (n, length, length)).copy()
+        for probs in attention.probabilities:
+            a = probs.astype(np.float64).mean(axis=1) + np.eye(length)
+            rollout = (a / a.sum(axis=-1, keepdims=True)) @ rollout
+        prefix, (h, w) = attention.prefix, attention.grid
+        row = rollout[:, 0] if prefix else rollout.mean(axis=1)
+        one = row[:, prefix:].reshape(n, 1, h, w)
+        if (h, w) != tuple(record.activations.shape[2:]):
+            raise MethodError(f"attention rollout gives a {h}x{w} map; the layer {record.layer!r} has a "
+                              f"{record.activations.shape[2]}x{record.activations.shape[3]} grid (pick a token layer)")
+        return np.repeat(one, record.targets.shape[1], axis=1)

@@ -33,6 +33,24 @@ class Need(enum.Enum):
     """The weights of a global-average-pooling -> linear classifier right after the layer."""
     FORWARDS = "extra forward passes"
     """A :class:`Probe`: the model run again on masked inputs or with a layer's output replaced."""
+    ATTENTION = "attention maps"
+    """Every transformer block's attention probabilities (:class:`AttentionMaps`)."""
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    """The attention probabilities of a transformer's blocks for a batch, in forward order.
+
+    Attributes:
+        probabilities: per block, ``(N, heads, L, L)`` (rows: queries, columns: keys; each row
+            sums to 1).
+        prefix: the number of leading non-patch tokens (class, distillation, registers).
+        grid: ``(h, w)`` of the patch tokens that follow them.
+    """
+
+    probabilities: tuple[np.ndarray, ...]
+    prefix: int
+    grid: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -135,6 +153,9 @@ class ForwardPass(Protocol):
     @property
     def probe(self) -> Probe | None: ...
 
+    @property
+    def attention(self) -> AttentionMaps | None: ...
+
 
 @dataclass(frozen=True)
 class LayerRecord:
@@ -152,6 +173,7 @@ class LayerRecord:
         features: ``(N, C, h, w)`` the maps the classifier pools (CAM), when known.
         scores: ``(N, K)`` the explained scores' values.
         columns: ``(K,)`` which of the batch's target columns these are (for the probe).
+        attention: the blocks' attention probabilities, for methods that need :attr:`Need.ATTENTION`.
         probe: extra forward passes of the batch, for methods that need :attr:`Need.FORWARDS`.
     """
 
@@ -165,3 +187,4 @@ class LayerRecord:
     scores: np.ndarray | None = None
     probe: Probe | None = None
     columns: np.ndarray | None = None
+    attention: AttentionMaps | None = None

@@ -24,7 +24,7 @@ from camlens.adapters.keras.graph import LayerPath, descend_set, name_of, run
 from camlens.adapters.keras.head import Head, _kind, pre_activation
 from camlens.adapters.keras.outputs import output_of
 from camlens.core import targets as tg
-from camlens.core.record import ClassifierHead, not_feature_maps, per_sample_masks
+from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks
 from camlens.core.targets import Column, Output
 from camlens.errors import MethodError
 
@@ -49,6 +49,7 @@ class KerasPass:
         self.head_input = head_input
         self.head: ClassifierHead | None = None
         self.probe: KerasProbe | None = None
+        self.attention: AttentionMaps | None = None  # no Keras transformer attention is captured yet
         self.scores = np.zeros((output.size, 0), np.float32)
         self._prepare = prepare
         self._grads: Columns | None = None

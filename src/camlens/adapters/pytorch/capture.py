@@ -29,7 +29,7 @@ from camlens.adapters.pytorch.layouts import layout_of
 from camlens.adapters.pytorch.outputs import canonical
 from camlens.core import targets as tg
 from camlens.core.layouts import Layout
-from camlens.core.record import ClassifierHead, not_feature_maps, per_sample_masks
+from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks
 from camlens.core.targets import Column, Output
 from camlens.errors import LayerError
 
@@ -143,6 +143,7 @@ class TorchPass:
         self._layouts = capture.layouts
         self.activations = {name: self._nchw(name, _numpy(a), 1) for name, a in capture.activations.items()}
         self.head = head
+        self.attention: AttentionMaps | None = None
         self._batched = True
 
     def gradients(self, columns: np.ndarray) -> dict[str, np.ndarray]:

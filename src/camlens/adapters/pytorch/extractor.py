@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 
 from camlens.adapters.pytorch import capture as cap
+from camlens.adapters.pytorch.attention import capture_attention
 from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
+from camlens.adapters.pytorch.layouts import model_prefix
 from camlens.adapters.pytorch.outputs import canonical
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, pooled_features
-from camlens.core.layouts import Layout
+from camlens.core.layouts import TOKENS, Layout, token_grid
 from camlens.core.methods import Method, methods_from
-from camlens.core.record import ClassifierHead, Need
+from camlens.core.record import AttentionMaps, ClassifierHead, Need
 from camlens.core.result import CamResult
 from camlens.core.targets import SCORES, Targets
 from camlens.core.targets import resolve as resolve_columns
-from camlens.errors import CamlensError, LayerError
+from camlens.errors import CamlensError, LayerError, MethodError
 
 
 class TorchExplainer:
@@ -134,20 +137,25 @@ class TorchExplainer:
             warnings.warn("model is in training mode; call model.eval() for stable maps", stacklevel=2)
         with torch.inference_mode(False):  # tensors made below must be usable by autograd
             layers = self._resolve(batch)
-            fwd = cap.forward(
-                model,
-                batch,
-                layers,
-                with_gradients=bool(self._needs & {Need.GRADIENTS, Need.HESSIAN}),
-                head=self._head.linear if self._head else None,
-                output=self._output,
-                layouts=self._layouts(layers),
-            )
+            capturing: AbstractContextManager[list[np.ndarray]] = (
+                capture_attention(model) if Need.ATTENTION in self._needs else nullcontext([]))
+            with capturing as attention:
+                fwd = cap.forward(
+                    model,
+                    batch,
+                    layers,
+                    with_gradients=bool(self._needs & {Need.GRADIENTS, Need.HESSIAN}),
+                    head=self._head.linear if self._head else None,
+                    output=self._output,
+                    layouts=self._layouts(layers),
+                )
             columns = resolve_columns(targets, fwd.output, top)
             probe = None
             if Need.FORWARDS in self._needs:
                 probe = cap.TorchProbe(model, batch, layers, columns, self._output, capture=fwd)
             pass_ = cap.TorchPass(fwd, columns, None, probe)
+            if Need.ATTENTION in self._needs:
+                pass_.attention = _attention_maps(model, attention, fwd)
             if self._head is not None:
                 captured = fwd.activations[self._head.layer]
                 pooled = _numpy(fwd.head_input) if fwd.head_input is not None else None
@@ -185,6 +193,19 @@ def feature_maps(model: nn.Module, batch: torch.Tensor, layer: LayerSpec | None 
     """
     with TorchExplainer(model, "eigencam", layer, output=output) as ex:
         return next(iter(ex(batch).activations.items()))
+
+
+def _attention_maps(model: nn.Module, probabilities: list[np.ndarray], fwd: cap.ForwardCapture) -> AttentionMaps:
+    """The captured attention with the token layout it belongs to: the first target layer's
+    prefix when it is a token layer, else the model's own (timm, torchvision metadata)."""
+    if not probabilities:
+        raise MethodError("no attention module ran during the forward pass")
+    layout = next(iter(fwd.layouts.values()))
+    prefix = layout.prefix if layout.kind == TOKENS else (model_prefix(model) or 0)
+    grid = token_grid(int(probabilities[-1].shape[-1]) - prefix, fwd.input_size)
+    if grid is None:
+        raise MethodError(f"the attention's {probabilities[-1].shape[-1]} tokens ({prefix} prefix) form no grid")
+    return AttentionMaps(tuple(probabilities), prefix, grid)
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
