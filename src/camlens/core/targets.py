@@ -789,6 +789,27 @@ def score(columns: Sequence[Column], out: Output, samples: np.ndarray | None = N
     return parts[0] if len(parts) == 1 else out.ops.concat(parts)
 
 
+def score_rows(columns: Sequence[Column] | None, chosen: np.ndarray | None, n: int, count: int, max_batch: int,
+               forward: Callable[[slice], Output]) -> np.ndarray:
+    """``(N, M, K)`` scores of ``count`` variants of each of ``n`` samples, run ``max_batch``
+    rows at a time: ``forward(rows)`` returns the model's output for a slice of the ``n * M``
+    rows (row ``r`` is a variant of sample ``r // count``). ``chosen`` picks columns (all by
+    default); without ``columns``, every class of each output is scored. The probe loop both
+    adapters share."""
+    picked = columns if chosen is None or columns is None else [columns[int(c)] for c in chosen]
+    out: list[np.ndarray] = []
+    for start in range(0, n * count, max_batch):
+        rows = slice(start, min(start + max_batch, n * count))
+        output = forward(rows)
+        if picked is None:  # every class of each output
+            scores = score(resolve(ALL, output), output)
+        else:
+            scores = score(picked, output, np.arange(rows.start, rows.stop) // count)
+        out.append(output.ops.numpy(scores))
+    values = np.concatenate(out)
+    return values.reshape(n, count, values.shape[1])
+
+
 def classes_of(columns: Sequence[Column]) -> np.ndarray:
     """``(N, K)`` class index per sample and column (``-1`` where a column has none)."""
     return np.stack([c.classes for c in columns], axis=1) if columns else np.zeros((0, 0), np.int64)
@@ -814,6 +835,7 @@ __all__ = [
     "classes_of",
     "resolve",
     "score",
+    "score_rows",
     "target_kinds",
     "top_k",
 ]

@@ -123,22 +123,15 @@ class KerasProbe:
         self, n: int, count: int, inputs: Callable[[slice], np.ndarray], replace: tuple[LayerPath, list[Any]] | None,
         columns: np.ndarray | None,
     ) -> np.ndarray:
-        chosen = self._columns if columns is None or self._columns is None else [self._columns[int(c)] for c in columns]
         paths = [replace[0]] if replace else []
-        out = []
         size = (int(self._batch.shape[1]), int(self._batch.shape[2]))
+
+        def forward(rows: slice) -> Output:
+            value, _ = _forward(self._model, inputs(rows), paths, self._head, lambda p, o: replace[1][0] if replace else o)
+            return output_of(self._head, value, size)
+
         with _no_grad():
-            for start in range(0, n * count, self.max_batch):
-                rows = slice(start, min(start + self.max_batch, n * count))
-                value, _ = _forward(self._model, inputs(rows), paths, self._head, lambda p, o: replace[1][0] if replace else o)
-                output = output_of(self._head, value, size)
-                samples = np.arange(rows.start, rows.stop) // count
-                if chosen is None:  # every class of each output
-                    out.append(_numpy(tg.score(tg.resolve(tg.ALL, output), output)))
-                else:
-                    out.append(_numpy(tg.score(chosen, output, samples)))
-        scores = np.concatenate(out)
-        return scores.reshape(n, count, scores.shape[1])
+            return tg.score_rows(self._columns, columns, n, count, self.max_batch, forward)
 
 
 def _no_grad() -> Any:

@@ -288,17 +288,10 @@ class TorchProbe:
         return self._capture.layouts[layer].from_nchw(maps, original)
 
     def _scores(self, n: int, count: int, inputs: Callable[[slice], torch.Tensor], columns: np.ndarray | None) -> np.ndarray:
-        chosen = self._columns if columns is None or self._columns is None else [self._columns[int(c)] for c in columns]
-        out: list[np.ndarray] = []
         size = (int(self._batch.shape[-2]), int(self._batch.shape[-1]))
+
+        def forward(rows: slice) -> Output:
+            return canonical(self._model(inputs(rows)), self._output, size, self._batch.device)
+
         with torch.inference_mode(False), torch.no_grad():
-            for start in range(0, n * count, self.max_batch):
-                rows = slice(start, min(start + self.max_batch, n * count))
-                output = canonical(self._model(inputs(rows)), self._output, size, self._batch.device)
-                samples = np.arange(rows.start, rows.stop) // count
-                if chosen is None:  # every class of each output
-                    out.append(_numpy(tg.score(tg.resolve(tg.ALL, output), output)))
-                else:
-                    out.append(_numpy(tg.score(chosen, output, samples)))
-        scores = np.concatenate(out)
-        return scores.reshape(n, count, scores.shape[1])
+            return tg.score_rows(self._columns, columns, n, count, self.max_batch, forward)

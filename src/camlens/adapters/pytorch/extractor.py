@@ -189,10 +189,13 @@ def feature_maps(model: nn.Module, batch: torch.Tensor, layer: LayerSpec | None 
     """Activations of one layer (automatic when ``None``) for a batch: ``(name, (N, C, h, w))``,
     channels first whatever the layer's layout.
 
-    One forward pass without gradients; hooks are removed before returning.
+    One forward pass without gradients (plus a trace to find an automatic layer); hooks are
+    removed before returning.
     """
     with TorchExplainer(model, "eigencam", layer, output=output) as ex:
-        return next(iter(ex(batch).activations.items()))
+        name, module = next(iter(ex._resolve(batch).items()))
+    fwd = cap.forward(uncompiled(model), batch, {name: module}, with_gradients=False, output=output)
+    return name, fwd.layouts[name].to_nchw(_numpy(fwd.activations[name]), fwd.input_size)
 
 
 def _attention_maps(model: nn.Module, probabilities: list[np.ndarray], fwd: cap.ForwardCapture) -> AttentionMaps:
