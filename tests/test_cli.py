@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camlens.core import Need, normalize, upsample
+from camlens.core import ATTENTION_NEEDS, normalize, upsample
 
 CUP = (slice(15, 310), slice(170, 420))  # rows, cols of the espresso cup in skimage's coffee()
 
@@ -182,7 +182,7 @@ def test_every_registered_method_runs_from_the_cli(small_model: Path, tmp_path: 
     from camlens.core import method_names
 
     Image.new("RGB", (50, 40), (30, 160, 90)).save(tmp_path / "a.png")
-    cnn_methods = method_names(without={Need.ATTENTION})  # every method a CNN has maps for
+    cnn_methods = method_names(without=ATTENTION_NEEDS)  # every method a CNN has maps for
     result = camlens("explain", tmp_path / "a.png", "--model", small_model, "--method", ",".join(cnn_methods),
                      "--out", tmp_path / "out", "--device", "cpu")
     assert result.returncode == 0, result.stderr

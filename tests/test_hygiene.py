@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from camlens import CAM, Explainer, GradCAM
-from camlens.core import Need, method_names
+from camlens.core import ATTENTION_NEEDS, method_names
 from tests.conftest import TinyDeepNet, TinyGapNet
 
-METHODS = method_names(without={Need.ATTENTION})  # every method a CNN has maps for (rollout: test_transformers)
+METHODS = method_names(without=ATTENTION_NEEDS)  # every method a CNN has maps for (rollout: test_transformers)
 
 
 def _hooks(model: nn.Module) -> int:

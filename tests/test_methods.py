@@ -21,11 +21,11 @@ from camlens.core.methods import (
     principal_projection,
     register,
 )
-from camlens.core.record import Need
+from camlens.core.record import ATTENTION_NEEDS, Need
 from camlens.errors import MethodError
 from tests.conftest import TinyGapNet
 
-CNN_METHODS = method_names(without={Need.ATTENTION})  # every method with maps on a CNN (not attention rollout)
+CNN_METHODS = method_names(without=ATTENTION_NEEDS)  # every method with maps on a CNN (not attention rollout)
 
 ACTS = np.array([[[[1.0, 2.0], [0.0, 1.0]], [[0.5, 0.0], [0.0, 0.5]]]])  # (1, 2, 2, 2); channel sums 4, 1
 GRADS = np.array([[[[0.5, -1.0], [0.0, 2.0]], [[1.0, 1.0], [-2.0, 0.0]]]])
@@ -155,7 +155,8 @@ def test_registry_refuses_duplicate_names_and_aliases() -> None:
 @pytest.mark.parametrize("cls", method_classes(), ids=lambda c: c.name)
 def test_every_method_documents_itself(cls: type[Method]) -> None:
     assert cls.__doc__ and cls.paper and cls.title and cls.name == cls.name.lower()
-    assert (cls.backwards > 0) == bool(cls.needs & {Need.GRADIENTS, Need.HESSIAN})
+    assert (cls.backwards > 0) == bool(cls.needs & {Need.GRADIENTS, Need.HESSIAN, Need.ATTENTION_GRADIENTS,
+                                                     Need.LAYERWISE_GRADIENTS})
 
 
 @pytest.fixture(scope="module")

@@ -301,5 +301,5 @@ def test_attention_rollout_on_torchvision_vit_matches_its_own_attention_weights(
 def test_attention_rollout_refuses_models_without_readable_attention(tiny) -> None:  # type: ignore[no-untyped-def]
     from camlens.errors import MethodError
 
-    with pytest.raises(MethodError, match="attention rollout reads timm ViT/DeiT attention"):
+    with pytest.raises(MethodError, match="attention methods read timm ViT/DeiT attention"):
         Explainer(tiny, "rollout", "relu")(torch.rand(1, 3, 8, 8))

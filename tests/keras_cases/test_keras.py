@@ -10,11 +10,11 @@ from torch import nn
 
 from camlens import Explainer, GradCAM
 from camlens.adapters.keras import KerasExplainer
-from camlens.core import Need, method_names, normalize
+from camlens.core import ATTENTION_NEEDS, method_names, normalize
 from camlens.errors import LayerError, MethodError, ModelError
 from tests.keras_cases.conftest import keras, small_cnn
 
-METHODS = method_names(without={Need.ATTENTION})  # every method a CNN has maps for, on all three backends
+METHODS = method_names(without=ATTENTION_NEEDS)  # every method a CNN has maps for, on all three backends
 NOT_CAM = [m for m in METHODS if m != "cam"]
 
 

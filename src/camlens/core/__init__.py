@@ -6,13 +6,14 @@ Everything here works on NumPy arrays laid out as ``(N, C, H, W)``; framework ad
 
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method, canonical_name, get_method, method_classes, method_names
-from camlens.core.record import ClassifierHead, ForwardPass, LayerRecord, Need
+from camlens.core.record import ATTENTION_NEEDS, ClassifierHead, ForwardPass, LayerRecord, Need
 
 __all__ = [
     "ClassifierHead",
     "ForwardPass",
     "LayerRecord",
     "Method",
+    "ATTENTION_NEEDS",
     "Need",
     "canonical_name",
     "get_method",

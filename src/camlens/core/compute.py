@@ -9,7 +9,7 @@ import numpy as np
 from camlens.core import fusion
 from camlens.core.fusion import fused_name
 from camlens.core.methods import Method
-from camlens.core.record import ForwardPass, LayerRecord, Need
+from camlens.core.record import ATTENTION_NEEDS, AttentionMaps, ForwardPass, LayerRecord, Need
 from camlens.core.result import CamResult
 from camlens.core.targets import SCORES, Column, classes_of
 from camlens.errors import MethodError
@@ -59,11 +59,11 @@ def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], 
     probe = fwd.probe if Need.FORWARDS in needs else None
     if Need.FORWARDS in needs and probe is None:
         raise MethodError("a method needs extra forward passes, which this adapter did not provide")
-    attention = fwd.attention if Need.ATTENTION in needs else None
-    if Need.ATTENTION in needs and attention is None:
+    attention = fwd.attention if needs & ATTENTION_NEEDS else None
+    if needs & ATTENTION_NEEDS and attention is None:
         raise MethodError("a method needs the attention maps of a transformer, which this adapter did not capture")
     count = len(columns)
-    chunk = _chunk(acts, (targets.shape[0], count), needs)
+    chunk = _chunk(acts, (targets.shape[0], count), needs, attention)
     parts: dict[str, dict[str, list[np.ndarray]]] = {m.name: {name: [] for name in acts} for m in methods}
     for start in range(0, count, chunk):
         index = np.arange(start, min(start + chunk, count))
@@ -74,6 +74,8 @@ def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], 
             grads, hessian = fwd.hessian_products(index)
         elif Need.GRADIENTS in needs:
             grads = fwd.gradients(index)
+        final = fwd.attention_gradients(index) if Need.ATTENTION_GRADIENTS in needs else None
+        layerwise = fwd.attention_gradients(index, layerwise=True) if Need.LAYERWISE_GRADIENTS in needs else None
         for name, a in acts.items():
             weights = features = None
             if head is not None and head.layer == name:
@@ -81,7 +83,7 @@ def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], 
                 weights = head.weights[cols[0]][None] if shared else head.weights[cols]
                 features = head.features
             record = LayerRecord(name, a, cols, grads.get(name), hessian.get(name), weights, features,
-                                 fwd.scores[:, index], probe, index, attention)
+                                 fwd.scores[:, index], probe, index, attention, final, layerwise)
             for m in methods:
                 if Need.CLASS_WEIGHTS in m.needs and weights is None:
                     raise MethodError(f"{m.title} needs the classifier's weights at layer {name!r}")
@@ -102,9 +104,15 @@ def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], 
     )
 
 
-def _chunk(acts: dict[str, np.ndarray], shape: tuple[int, ...], needs: frozenset[Need]) -> int:
+def _chunk(acts: dict[str, np.ndarray], shape: tuple[int, ...], needs: frozenset[Need],
+           attention: AttentionMaps | None = None) -> int:
     """Target columns per chunk: all of them unless their gradients would exceed the budget."""
-    if not needs & {Need.GRADIENTS, Need.HESSIAN}:
+    if not needs & {Need.GRADIENTS, Need.HESSIAN, Need.ATTENTION_GRADIENTS, Need.LAYERWISE_GRADIENTS}:
         return max(1, shape[1])
-    per_column = sum(a.nbytes for a in acts.values()) * (2 if Need.HESSIAN in needs else 1) * 4
+    per_column = 0
+    if needs & {Need.GRADIENTS, Need.HESSIAN}:
+        per_column += sum(a.nbytes for a in acts.values()) * (2 if Need.HESSIAN in needs else 1) * 4
+    if attention is not None:  # (N, heads, L, L) float32 per block and column, for each kind asked
+        kinds = len(needs & {Need.ATTENTION_GRADIENTS, Need.LAYERWISE_GRADIENTS})
+        per_column += kinds * attention.blocks * shape[0] * attention.heads * attention.tokens**2 * 4 * 2
     return int(max(1, min(shape[1], CHUNK_BYTES // max(per_column, 1))))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from camlens.core.record import LayerRecord, Need
+from camlens.core.record import AttentionMaps, LayerRecord, Need
 from camlens.errors import CamlensError, MethodError
 
 if TYPE_CHECKING:
@@ -603,19 +603,94 @@ class AttentionRollout(Method):
     needs = frozenset({Need.ATTENTION})
 
     def maps(self, record: LayerRecord) -> np.ndarray:
-        attention = record.attention
-        if attention is None or not attention.probabilities:
-            raise MethodError("attention rollout needs a transformer's attention maps, which the adapter did not capture")
-        n = attention.probabilities[0].shape[0]
-        length = attention.probabilities[0].shape[-1]
+        attention = _attention(record, "attention rollout")
+        n, length = attention.probabilities[0].shape[0], attention.tokens
         rollout = np.broadcast_to(np.eye(length), (n, length, length)).copy()
         for probs in attention.probabilities:
             a = probs.astype(np.float64).mean(axis=1) + np.eye(length)
             rollout = (a / a.sum(axis=-1, keepdims=True)) @ rollout
-        prefix, (h, w) = attention.prefix, attention.grid
-        row = rollout[:, 0] if prefix else rollout.mean(axis=1)
-        one = row[:, prefix:].reshape(n, 1, h, w)
-        if (h, w) != tuple(record.activations.shape[2:]):
-            raise MethodError(f"attention rollout gives a {h}x{w} map; the layer {record.layer!r} has a "
-                              f"{record.activations.shape[2]}x{record.activations.shape[3]} grid (pick a token layer)")
+        one = _patch_map(_query_row(rollout, attention.prefix)[:, None], attention, record, "attention rollout")
         return np.repeat(one, record.targets.shape[1], axis=1)
+
+
+@register
+class GradientRollout(Method):
+    r"""Gradient-weighted attention rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic
+    Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
+    Transformers", arXiv:2103.15679), the class-specific rollout.
+
+    Per block :math:`l`, the heads' mean of the positive part of the attention weighted by
+    its gradient, :math:`\bar A_l = E_h[(\nabla A_l \odot A_l)^+]`; relevance starts at
+    :math:`R = I` and accumulates :math:`R \leftarrow R + \bar A_l R` from the first block to
+    the last. The map is the class token's row of :math:`R` over the patch tokens (the mean
+    row without a prefix token). One backward pass per target, down to the first block.
+    """
+
+    name = "gradrollout"
+    aliases = ("gradient-rollout", "chefer")
+    formula = "class token's row of R, R <- R + mean_heads(relu(dS/dA_l * A_l)) R, block by block"
+    title = "Gradient rollout"
+    paper = "Chefer et al., ICCV 2021"
+    needs = frozenset({Need.ATTENTION, Need.ATTENTION_GRADIENTS})
+    backwards = 1
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        attention = _attention(record, "gradient rollout")
+        grads = record.attention_gradients
+        if grads is None or len(grads) != len(attention.probabilities):
+            raise MethodError("gradient rollout needs the gradients of every block's attention")
+        n, k, length = grads[0].shape[0], grads[0].shape[1], attention.tokens
+        relevance = np.broadcast_to(np.eye(length), (n, k, length, length)).copy()
+        for probs, grad in zip(attention.probabilities, grads, strict=True):
+            weighted = np.maximum(grad.astype(np.float64) * probs.astype(np.float64)[:, None], 0.0).mean(axis=2)
+            relevance = relevance + weighted @ relevance
+        return _patch_map(_query_row(relevance, attention.prefix), attention, record, "gradient rollout")
+
+
+@register
+class LeGrad(Method):
+    r"""LeGrad (Bousselham et al., ICCV 2025, "LeGrad: An Explainability Method for Vision
+    Transformers via Feature Formation Sensitivity", arXiv:2404.03214).
+
+    Each block :math:`l` is scored on its own: its output tokens' mean through the model's
+    final norm and head gives :math:`s_l` (the targets' scores of that intermediate
+    representation). The block's map is the positive part of :math:`\partial s_l / \partial
+    A_l` (gradient with respect to its attention probabilities, not multiplied by them), averaged
+    over heads and query tokens, at the patch keys; the map is the mean over all blocks. Like
+    the reference implementation and torchcam, the tokens' mean includes the prefix tokens.
+    """
+
+    name = "legrad"
+    formula = "mean_l mean_(heads, queries) relu(d s_l / d A_l), s_l = head(norm(mean tokens of block l))"
+    title = "LeGrad"
+    paper = "Bousselham et al., ICCV 2025"
+    needs = frozenset({Need.LAYERWISE_GRADIENTS})
+    backwards = 1
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        attention, grads = record.attention, record.layerwise_gradients
+        if attention is None or not grads:
+            raise MethodError("LeGrad needs the gradients of every block's attention, which the adapter did not capture")
+        total = sum(np.maximum(g.astype(np.float64), 0.0).mean(axis=(2, 3)) for g in grads)
+        return _patch_map(np.asarray(total) / len(grads), attention, record, "LeGrad")
+
+
+def _attention(record: LayerRecord, what: str) -> AttentionMaps:
+    attention = record.attention
+    if attention is None or not attention.probabilities:
+        raise MethodError(f"{what} needs a transformer's attention maps, which the adapter did not capture")
+    return attention
+
+
+def _query_row(relevance: np.ndarray, prefix: int) -> np.ndarray:
+    """``(..., L)``: the class token's row of ``(..., L, L)``, or the mean row without prefix tokens."""
+    return relevance[..., 0, :] if prefix else relevance.mean(axis=-2)
+
+
+def _patch_map(rows: np.ndarray, attention: AttentionMaps, record: LayerRecord, what: str) -> np.ndarray:
+    """``(N, K, L)`` token scores as ``(N, K, h, w)`` maps over the patch tokens, on the record's grid."""
+    h, w = attention.grid
+    if (h, w) != tuple(record.activations.shape[2:]):
+        raise MethodError(f"{what} gives a {h}x{w} map; the layer {record.layer!r} has a "
+                          f"{record.activations.shape[2]}x{record.activations.shape[3]} grid (pick a token layer)")
+    return rows[..., attention.prefix:].reshape(*rows.shape[:2], h, w)

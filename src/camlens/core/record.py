@@ -35,6 +35,15 @@ class Need(enum.Enum):
     """A :class:`Probe`: the model run again on masked inputs or with a layer's output replaced."""
     ATTENTION = "attention maps"
     """Every transformer block's attention probabilities (:class:`AttentionMaps`)."""
+    ATTENTION_GRADIENTS = "attention gradients"
+    """``d score / d A_l``: every target's gradient with respect to every block's attention."""
+    LAYERWISE_GRADIENTS = "layerwise attention gradients"
+    """``d s_l / d A_l``: per block, the gradient of the targets scored on that block's own tokens
+    (their mean through the model's final norm and head) with respect to its attention."""
+
+
+ATTENTION_NEEDS = frozenset({Need.ATTENTION, Need.ATTENTION_GRADIENTS, Need.LAYERWISE_GRADIENTS})
+"""What only a transformer's attention modules can give."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +52,23 @@ class AttentionMaps:
 
     Attributes:
         probabilities: per block, ``(N, heads, L, L)`` (rows: queries, columns: keys; each row
-            sums to 1).
+            sums to 1); empty when no method asked for them (:attr:`Need.ATTENTION`).
         prefix: the number of leading non-patch tokens (class, distillation, registers).
         grid: ``(h, w)`` of the patch tokens that follow them.
+        blocks: how many attention blocks ran.
+        heads: attention heads per block.
     """
 
     probabilities: tuple[np.ndarray, ...]
     prefix: int
     grid: tuple[int, int]
+    blocks: int = 0
+    heads: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """``L``: prefix plus patch tokens."""
+        return self.prefix + self.grid[0] * self.grid[1]
 
 
 @dataclass(frozen=True)
@@ -150,6 +168,12 @@ class ForwardPass(Protocol):
 
     def hessian_products(self, columns: np.ndarray) -> tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]: ...
 
+    def attention_gradients(self, columns: np.ndarray, layerwise: bool = False) -> tuple[np.ndarray, ...]:
+        """Per block, ``(N, k, heads, L, L)`` gradients of the chosen score columns with respect
+        to the block's attention probabilities: of the model's scores, or (``layerwise``) of the
+        scores of the block's own tokens (see :attr:`Need.LAYERWISE_GRADIENTS`)."""
+        ...
+
     @property
     def probe(self) -> Probe | None: ...
 
@@ -173,7 +197,12 @@ class LayerRecord:
         features: ``(N, C, h, w)`` the maps the classifier pools (CAM), when known.
         scores: ``(N, K)`` the explained scores' values.
         columns: ``(K,)`` which of the batch's target columns these are (for the probe).
-        attention: the blocks' attention probabilities, for methods that need :attr:`Need.ATTENTION`.
+        attention: the blocks' attention probabilities (and the token prefix and grid), for
+            methods that need any attention.
+        attention_gradients: per block, ``(N, K, heads, L, L)`` ``d score / d A_l``
+            (:attr:`Need.ATTENTION_GRADIENTS`).
+        layerwise_gradients: per block, ``(N, K, heads, L, L)`` ``d s_l / d A_l``
+            (:attr:`Need.LAYERWISE_GRADIENTS`).
         probe: extra forward passes of the batch, for methods that need :attr:`Need.FORWARDS`.
     """
 
@@ -188,3 +217,5 @@ class LayerRecord:
     probe: Probe | None = None
     columns: np.ndarray | None = None
     attention: AttentionMaps | None = None
+    attention_gradients: tuple[np.ndarray, ...] | None = None
+    layerwise_gradients: tuple[np.ndarray, ...] | None = None

@@ -71,6 +71,10 @@ class KerasPass:
         pairs = self._hvps(columns)
         return self._stack([g for g, _ in pairs]), self._stack([h for _, h in pairs])
 
+    def attention_gradients(self, columns: np.ndarray, layerwise: bool = False) -> tuple[np.ndarray, ...]:
+        """Not captured for Keras models (no Keras attention is read yet)."""
+        raise MethodError("attention methods read PyTorch transformers; no Keras attention is captured")
+
     def _stack(self, columns: list[dict[LayerPath, np.ndarray]]) -> dict[str, np.ndarray]:
         return {name_of(p): np.stack([channels_first(c[p]) for c in columns], axis=1) for p in self.paths}
 

@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from camlens.adapters.pytorch.attention import AttentionRecord, graph_point, token_head
 from camlens.adapters.pytorch.layouts import layout_of
 from camlens.adapters.pytorch.outputs import canonical
 from camlens.core import targets as tg
 from camlens.core.layouts import Layout
 from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks
-from camlens.core.targets import Column, Output
-from camlens.errors import LayerError
+from camlens.core.targets import SCORES, Column, Output
+from camlens.errors import LayerError, MethodError
 
 
 @dataclass
@@ -91,12 +92,7 @@ def forward(
             if not with_gradients:
                 captured[name] = tensor.detach().clone()
                 return None
-            if torch.is_grad_enabled():
-                captured[name] = tensor
-            else:
-                captured[name] = tensor.detach().requires_grad_(True)
-                torch.set_grad_enabled(True)
-            copy = captured[name].clone()
+            captured[name], copy = graph_point(tensor)
             return (copy, *rest) if rest is not None else copy
 
         return hook
@@ -144,19 +140,50 @@ class TorchPass:
         self.activations = {name: self._nchw(name, _numpy(a), 1) for name, a in capture.activations.items()}
         self.head = head
         self.attention: AttentionMaps | None = None
+        self.attention_record: AttentionRecord | None = None
         self._batched = True
 
     def gradients(self, columns: np.ndarray) -> dict[str, np.ndarray]:
         """``(N, k, C, h, w)`` gradients of each chosen score column, per layer."""
         inputs = [self._capture.activations[n] for n in self._names]
+        grads = self._vjp(self._scores, inputs, columns, self._names)
+        return {name: self._nchw(name, _numpy(g.transpose(0, 1)), 2) for name, g in zip(self._names, grads, strict=True)}
+
+    def attention_gradients(self, columns: np.ndarray, layerwise: bool = False) -> tuple[np.ndarray, ...]:
+        """Per block ``(N, k, heads, L, L)`` gradients of the chosen columns with respect to the
+        attention probabilities: of the model's scores, or (``layerwise``) of the scores of each
+        block's mean token through the model's final norm and head (LeGrad)."""
+        record = self.attention_record
+        if record is None:
+            raise MethodError("the attention was not captured for gradients")
+        names = [s.name for s in record.sites] if len(record.sites) == len(record.outputs) else \
+            [f"attention {i}" for i in range(len(record.outputs))]
+        if not layerwise:
+            grads = self._vjp(self._scores, record.outputs, columns, names)
+            return tuple(_numpy(record.attention_gradient(i, g).transpose(0, 1)) for i, g in enumerate(grads))
+        if self.output.kind != SCORES:
+            raise MethodError(f"LeGrad scores each block through the classifier; this model's output is {self.output.kind}")
+        head = token_head(record.model)
+        out = []
         with torch.inference_mode(False), torch.enable_grad():
-            many = len(columns) > 1 and self._batched and self._scores.requires_grad
-            batched = self._batched_grads(columns, inputs) if many else None
-            if batched is not None:
-                pairs = zip(self._names, batched, strict=True)
-                return {name: self._nchw(name, _numpy(g.transpose(0, 1)), 2) for name, g in pairs}
-            grads = [self._grad(int(c), inputs) for c in columns]
-        return self._stack(grads)
+            for i, tokens in enumerate(record.tokens):
+                raw = head(tokens)
+                scores = tg.score(self._columns, canonical(raw, None, self._capture.input_size, raw.device))
+                (grad,) = self._vjp(scores, [record.outputs[i]], columns, [names[i]])
+                out.append(_numpy(record.attention_gradient(i, grad).transpose(0, 1)))
+        return tuple(out)
+
+    def _vjp(self, scores: torch.Tensor, inputs: list[torch.Tensor], columns: np.ndarray, names: list[str]) -> list[torch.Tensor]:
+        """Per input, ``(k, N, ...)`` gradients of the ``k`` chosen columns of ``scores``: one
+        batched vector-Jacobian product when the model's operations allow it, else one
+        backward per column."""
+        with torch.inference_mode(False), torch.enable_grad():
+            if len(columns) > 1 and self._batched and scores.requires_grad:
+                batched = self._batched_grads(scores, columns, inputs)
+                if batched is not None:
+                    return batched
+            per_column = [self._grad(scores, int(c), inputs, names) for c in columns]
+        return [torch.stack([c[i] for c in per_column]) for i in range(len(inputs))]
 
     def _nchw(self, name: str, a: np.ndarray, lead: int) -> np.ndarray:
         """A layer's array (activations, or per-column gradients) as channels-first maps."""
@@ -167,23 +194,23 @@ class TorchPass:
         return {name: self._nchw(name, np.stack([_numpy(c[i]) for c in columns], axis=1), 2)
                 for i, name in enumerate(self._names)}
 
-    def _grad(self, column: int, inputs: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
-        score = self._scores[:, column].sum()
+    def _grad(self, scores: torch.Tensor, column: int, inputs: list[torch.Tensor], names: list[str],
+              create_graph: bool = False) -> list[torch.Tensor]:
+        score = scores[:, column].sum()
         kind = self._columns[column].kind
         if not score.requires_grad and kind == "detection":
             return [torch.zeros_like(x) for x in inputs]  # no detection matched the box: zero maps
         if not score.requires_grad:
-            raise LayerError(f"the {kind} target's score does not depend on layer {self._names[0]!r}")
+            raise LayerError(f"the {kind} target's score does not depend on layer {names[0]!r}")
         grads = torch.autograd.grad(score, inputs, retain_graph=True, create_graph=create_graph, allow_unused=True)
-        for name, grad in zip(self._names, grads, strict=True):
+        for name, grad in zip(names, grads, strict=True):
             if grad is None:
                 raise LayerError(f"the {kind} target's score does not depend on layer {name!r}")
         return list(grads)  # type: ignore[arg-type]
 
-    def _batched_grads(self, columns: np.ndarray, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        """Per layer ``(k, N, C, h, w)`` gradients of the ``k`` columns in one batched
+    def _batched_grads(self, scores: torch.Tensor, columns: np.ndarray, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Per input ``(k, N, ...)`` gradients of the ``k`` columns in one batched
         vector-Jacobian product, or None where the model's operations do not allow it."""
-        scores = self._scores
         index = torch.as_tensor(np.ascontiguousarray(columns), dtype=torch.int64, device=scores.device)
         one_hot = torch.zeros((len(columns), *scores.shape), dtype=scores.dtype, device=scores.device)
         one_hot[torch.arange(len(columns)), :, index] = 1.0
@@ -204,7 +231,7 @@ class TorchPass:
         columns_, firsts = [], []
         with torch.inference_mode(False), torch.enable_grad():
             for c in columns:
-                grads = self._grad(int(c), inputs, create_graph=True)
+                grads = self._grad(self._scores, int(c), inputs, self._names, create_graph=True)
                 firsts.append(grads)
                 column = []
                 for g, x in zip(grads, inputs, strict=True):  # H_jj A_j, one layer at a time

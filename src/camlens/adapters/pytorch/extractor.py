@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from camlens.adapters.pytorch import capture as cap
-from camlens.adapters.pytorch.attention import capture_attention
+from camlens.adapters.pytorch.attention import AttentionRecord, record_attention
 from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
 from camlens.adapters.pytorch.layouts import model_prefix
@@ -21,7 +21,7 @@ from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, pooled_features
 from camlens.core.layouts import TOKENS, Layout, token_grid
 from camlens.core.methods import Method, methods_from
-from camlens.core.record import AttentionMaps, ClassifierHead, Need
+from camlens.core.record import ATTENTION_NEEDS, AttentionMaps, ClassifierHead, Need
 from camlens.core.result import CamResult
 from camlens.core.targets import SCORES, Targets
 from camlens.core.targets import resolve as resolve_columns
@@ -137,8 +137,11 @@ class TorchExplainer:
             warnings.warn("model is in training mode; call model.eval() for stable maps", stacklevel=2)
         with torch.inference_mode(False):  # tensors made below must be usable by autograd
             layers = self._resolve(batch)
-            capturing: AbstractContextManager[list[np.ndarray]] = (
-                capture_attention(model) if Need.ATTENTION in self._needs else nullcontext([]))
+            gradients = bool(self._needs & {Need.ATTENTION_GRADIENTS, Need.LAYERWISE_GRADIENTS})
+            capturing: AbstractContextManager[AttentionRecord | None] = (
+                record_attention(model, probabilities=Need.ATTENTION in self._needs, gradients=gradients,
+                                 blocks=Need.LAYERWISE_GRADIENTS in self._needs)
+                if self._needs & ATTENTION_NEEDS else nullcontext(None))
             with capturing as attention:
                 fwd = cap.forward(
                     model,
@@ -154,8 +157,10 @@ class TorchExplainer:
             if Need.FORWARDS in self._needs:
                 probe = cap.TorchProbe(model, batch, layers, columns, self._output, capture=fwd)
             pass_ = cap.TorchPass(fwd, columns, None, probe)
-            if Need.ATTENTION in self._needs:
+            if attention is not None:
+                attention.check(gradients, Need.LAYERWISE_GRADIENTS in self._needs)
                 pass_.attention = _attention_maps(model, attention, fwd)
+                pass_.attention_record = attention
             if self._head is not None:
                 captured = fwd.activations[self._head.layer]
                 pooled = _numpy(fwd.head_input) if fwd.head_input is not None else None
@@ -198,17 +203,18 @@ def feature_maps(model: nn.Module, batch: torch.Tensor, layer: LayerSpec | None 
     return name, fwd.layouts[name].to_nchw(_numpy(fwd.activations[name]), fwd.input_size)
 
 
-def _attention_maps(model: nn.Module, probabilities: list[np.ndarray], fwd: cap.ForwardCapture) -> AttentionMaps:
+def _attention_maps(model: nn.Module, record: AttentionRecord, fwd: cap.ForwardCapture) -> AttentionMaps:
     """The captured attention with the token layout it belongs to: the first target layer's
     prefix when it is a token layer, else the model's own (timm, torchvision metadata)."""
-    if not probabilities:
-        raise MethodError("no attention module ran during the forward pass")
     layout = next(iter(fwd.layouts.values()))
     prefix = layout.prefix if layout.kind == TOKENS else (model_prefix(model) or 0)
-    grid = token_grid(int(probabilities[-1].shape[-1]) - prefix, fwd.input_size)
+    tokens = int(record.probabilities[-1].shape[-1]) if record.probabilities else int(record.values[-1].shape[1])
+    grid = token_grid(tokens - prefix, fwd.input_size)
     if grid is None:
-        raise MethodError(f"the attention's {probabilities[-1].shape[-1]} tokens ({prefix} prefix) form no grid")
-    return AttentionMaps(tuple(probabilities), prefix, grid)
+        raise MethodError(f"the attention's {tokens} tokens ({prefix} prefix) form no grid")
+    blocks = len(record.probabilities) or len(record.outputs)
+    heads = int(record.probabilities[-1].shape[1]) if record.probabilities else int(record.values[-1].shape[2])
+    return AttentionMaps(tuple(record.probabilities), prefix, grid, blocks, heads)
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
