@@ -145,15 +145,21 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path) -> None:
     assert len(result.skipped) == 1 and str(bad) in result.skipped[0]
 
 
-def test_backbone_without_gap_head_is_refused() -> None:
+def test_backbones_cam_ready_or_explained_by_gradients() -> None:
     from camlens.training.backbones import build
 
-    with pytest.raises(ModelError, match="not global average pooling"):
-        build("vgg11", 3, pretrained=False, input_size=32)
+    assert not build("vgg11", 3, pretrained=False, input_size=32).cam  # flatten -> MLP: Grad-CAM, not CAM
     with pytest.raises(ModelError, match="1x1, too small for CAM"):
         build("resnet18", 3, pretrained=False, input_size=32)
-    model, prep = build("resnet18", 3, pretrained=False, input_size=64)
-    assert model.fc.out_features == 3 and prep.input_size == (64, 64) and model.training
+    model, prep, options, cam = build("resnet18", 3, pretrained=False, input_size=64)
+    assert model.fc.out_features == 3 and prep.input_size == (64, 64) and model.training and cam and options == {}
+    vit = build("timm:vit_tiny_patch16_224", 3, pretrained=False, input_size=64, options={"patch_size": 8, "depth": 2})
+    assert not vit.cam and vit.options == {"patch_size": 8, "depth": 2, "img_size": 64}
+    assert vit.preprocessing.input_size == (64, 64) and len(vit.model.blocks) == 2
+    with pytest.raises(ModelError, match="cannot be built with"):
+        build("timm:vit_tiny_patch16_224", 3, pretrained=False, options={"wings": 2})
+    with pytest.raises(ModelError, match="add --no-pretrained"):
+        build("timm:vit_tiny_patch16_224", 3, options={"depth": 2})
 
 
 def test_stratified_split_is_seeded_and_keeps_every_class() -> None:
@@ -182,5 +188,19 @@ def test_data_and_train_commands(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "m.pt.last", weights_only=True)["epoch"] == 2
     refused = camlens(*args)
     assert refused.returncode == 2 and "exists" in refused.stderr
-    vgg = camlens("train", tmp_path / "d" / "train", "--out", tmp_path / "v.pt", "--arch", "vgg11", "--no-pretrained")
-    assert vgg.returncode == 2 and "not global average pooling" in vgg.stderr and "Traceback" not in vgg.stderr
+    vit = ("train", tmp_path / "d" / "train", "--out", tmp_path / "vit.pt", "--arch", "timm:vit_tiny_patch16_224",
+           "--no-pretrained", "--input-size", "32", "--arch-option", "patch_size=8", "--arch-option", "depth=1",
+           "--arch-option", "embed_dim=16", "--arch-option", "num_heads=2", "--epochs", "1", "--warmup", "1", "--device", "cpu")
+    trained = camlens(*vit)
+    assert trained.returncode == 0, trained.stderr
+    assert "CAM cannot explain it" in trained.stdout and "--method gradcam" in trained.stdout
+    saved = torch.load(tmp_path / "vit.pt", weights_only=True)
+    assert saved["arch_options"] == {"patch_size": 8, "depth": 1, "embed_dim": 16, "num_heads": 2, "img_size": 32}
+    shown = camlens("explain", tmp_path / "d" / "test" / "3", "--model", tmp_path / "vit.pt", "--method", "legrad,gradcam",
+                    "--out", tmp_path / "maps")
+    assert shown.returncode == 0, shown.stderr
+    assert len(list((tmp_path / "maps").rglob("*.png"))) >= 2
+    bad = camlens(*vit[:3], tmp_path / "w.pt", "--arch", "timm:vit_tiny_patch16_224", "--no-pretrained",
+                  "--arch-option", "wings=2")
+    assert bad.returncode == 2 and "cannot be built with wings=2" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

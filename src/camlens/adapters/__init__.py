@@ -23,16 +23,14 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
     for an ``nn.Module``, :class:`~camlens.adapters.keras.KerasExplainer` for a Keras 3 model.
 
     Raises:
-        CamlensError: ``model`` is neither, or ``layout`` is given for a Keras model.
+        CamlensError: ``model`` is neither.
     """
     from camlens.adapters.backends import is_keras_model
 
     if is_keras_model(model):
         from camlens.adapters.keras import KerasExplainer
 
-        if layout is not None:
-            raise CamlensError("layout= states a PyTorch layer's layout; Keras layers are channels last already")
-        return KerasExplainer(model, method, layer, output=output, fuse=fuse)
+        return KerasExplainer(model, method, layer, output=output, fuse=fuse, layout=layout)
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -57,7 +55,7 @@ class Explainer:
             PyTorch model returning a tuple (index) or a dict/``ModelOutput`` (key).
         fuse: with several layers, also combine each method's maps into one, stored under the
             layer key ``"mean(layer3+layer4)"`` (``mean``, ``max`` or ``product``).
-        layout: a PyTorch layer's layout when the model's metadata does not tell it
+        layout: a layer's layout when the model does not tell it
             (``"tokens:1"``, ``"tokens:1:14x14"``, ``"nhwc"``; see :class:`camlens.core.layouts.Layout`).
 
     Maps come back ``(N, K, h, w)`` for both frameworks. Hooks live only during each call.

@@ -13,7 +13,6 @@ import numpy as np
 
 from camlens.core.result import CamResult
 from camlens.core.targets import Output
-from camlens.errors import CamlensError
 
 if TYPE_CHECKING:
     from camlens.models.registry import LoadedModel
@@ -101,9 +100,7 @@ class KerasBackend:
                   layout: Any = None) -> ExplainerFn:
         from camlens.adapters.keras.extractor import KerasExplainer
 
-        if layout is not None:
-            raise CamlensError("--layout states a PyTorch layer's layout; Keras layers are channels last already")
-        return KerasExplainer(loaded.model, method, layer, output=loaded.output, fuse=fuse)
+        return KerasExplainer(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.keras.extractor import feature_maps
@@ -112,11 +109,19 @@ class KerasBackend:
 
     def layers(self, loaded: LoadedModel) -> tuple[list[LayerRow], str]:
         from camlens.adapters.keras.extractor import layer_table
-        from camlens.adapters.keras.graph import auto_layer, name_of, spatial
+        from camlens.adapters.keras.graph import auto_layer, layout_of, name_of, resolve, spatial
         from camlens.adapters.keras.head import find_head
 
-        head = find_head(loaded.model, loaded.output if loaded.output is not None or len(loaded.model.outputs) == 1 else 0)
-        rows = [(name, kind, shape, "NHWC" if spatial(shape) else "") for name, kind, shape in layer_table(loaded.model)]
+        model = loaded.model
+        head = find_head(model, loaded.output if loaded.output is not None or len(model.outputs) == 1 else 0)
+
+        def layout(name: str, shape: tuple[int | None, ...] | None) -> str:
+            found = layout_of(model, resolve(model, name)) if shape is not None and len(shape) == 3 else None
+            if found is not None:
+                return found.describe()
+            return "NHWC" if spatial(shape) else ""
+
+        rows = [(name, kind, shape, layout(name, shape)) for name, kind, shape in layer_table(model)]
         return rows, name_of(auto_layer(loaded.model, head.maps, head.dense_path))
 
 

@@ -48,12 +48,18 @@ def train(
     data: Annotated[str, typer.Argument(help="Image folder (one sub-folder per class), or mnist, fashion-mnist, cifar10.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (a camlens model file).")] = Path("model.pt"),
     arch: Annotated[
-        str, typer.Option("--arch", help="small_cnn, efficientnet_lite0 (bundled weights), a torchvision name, timm:NAME.")
+        str, typer.Option("--arch", help="small_cnn, efficientnet_lite0 (bundled weights), a torchvision name, timm:NAME "
+                                         "(vision transformers too).")
     ] = "small_cnn",
+    arch_option: Annotated[
+        list[str] | None, typer.Option("--arch-option", help="KEY=VALUE for the timm/torchvision builder of a model from "
+                                                             "scratch, repeatable: patch_size=8, depth=6.")
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Most epochs to train.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate (cosine decay over the epochs).")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate (cosine decay to 0 at the last epoch).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 1e-4,
+    warmup: Annotated[int, typer.Option("--warmup", help="Epochs of linear learning-rate warm-up before the decay.")] = 0,
     val: Annotated[Path | None, typer.Option("--val", help="Validation image folder; default: a split of DATA.")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of each class held out for validation.")] = 0.2,
     patience: Annotated[int, typer.Option("--patience", help="Stop after N epochs without better val accuracy (0: never).")] = 3,
@@ -69,17 +75,20 @@ def train(
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train a CAM-ready classifier (backbone -> global average pooling -> linear) on your images.
+    """Train a classifier on your images: a CAM-ready one (backbone -> global average pooling ->
+    linear), or any other (a vision transformer), explained by gradient and attention methods.
 
     Keeps the best validation epoch and writes one checkpoint that `camlens explain --model`
     loads; OUT.last holds the state after each epoch for --resume.
     """
     from camlens.data.folders import ImageFolder, open_dataset
+    from camlens.models.registry import parse_option
     from camlens.training.fit import TrainConfig, state_path
     from camlens.training.fit import train as fit
 
+    options = dict(parse_option(o) for o in arch_option or [])
     config = TrainConfig(arch, epochs, batch_size, lr, weight_decay, val_fraction, patience, seed, pretrained, input_size,
-                         augment, workers)
+                         augment, workers, warmup, options)
     with err_console.status(f"reading {data}..."):
         dataset = open_dataset(data, cache, train=True)
         val_set = ImageFolder.scan(val, dataset.classes) if val is not None else None
@@ -112,5 +121,9 @@ def train(
         f"best val accuracy {result.best_val_acc:.2%} at epoch {result.best_epoch}{stop}; wrote {result.checkpoint} "
         f"(resume state: {state_path(result.checkpoint)})", soft_wrap=True,
     )
-    out_console.print(f"explain with: camlens explain IMAGES --model {result.checkpoint} --method cam", soft_wrap=True)
+    method = "cam" if result.cam else "gradcam"
+    if not result.cam:
+        out_console.print("its classifier is not global average pooling -> linear: CAM cannot explain it; gradient "
+                          "(and, on a transformer, attention) methods can", soft_wrap=True)
+    out_console.print(f"explain with: camlens explain IMAGES --model {result.checkpoint} --method {method}", soft_wrap=True)
     exit_if_failed(result.skipped, f"{len(result.skipped)} unreadable images were skipped")

@@ -41,7 +41,7 @@ class Method(ABC):
             it explains a batch (``with GradCAM(model, layer="layer4") as cam: cam(batch)``).
         layer: target layer(s) of the bound model; ``None`` for the automatic choice.
         output: the output to explain (see :class:`camlens.Explainer`).
-        layout: a PyTorch layer's layout when the model does not tell it (``"tokens:1"``).
+        layout: a layer's layout when the model does not tell it (``"tokens:1"``).
     """
 
     name: ClassVar[str]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ FORMAT = "camlens-checkpoint"
 
 
 def save_checkpoint(
-    path: str | Path, arch: str, model: nn.Module, labels: Labels, preprocessing: Preprocessing, *, overwrite: bool = False
+    path: str | Path, arch: str, model: nn.Module, labels: Labels, preprocessing: Preprocessing, *, overwrite: bool = False,
+    arch_options: Mapping[str, int | float | bool | str] | None = None,
 ) -> Path:
     """Write, atomically, a checkpoint that :func:`camlens.models.load_model` loads directly.
 
     ``arch`` is a name :func:`camlens.models.registry.architecture` knows (``"resnet18"``,
-    ``"timm:resnet18"``, ``"efficientnet_lite0"``, ``"small_cnn"``).
+    ``"timm:resnet18"``, ``"efficientnet_lite0"``, ``"small_cnn"``), built with
+    ``arch_options`` (``{"patch_size": 8}``) when given.
 
     Raises:
         CamlensError: ``path`` exists and ``overwrite`` is False, or the write failed.
@@ -33,6 +36,7 @@ def save_checkpoint(
         "format": FORMAT,
         "version": 1,
         "arch": arch,
+        "arch_options": dict(arch_options or {}),
         "num_classes": len(labels),
         "labels": list(labels.names),
         "preprocessing": preprocessing.to_dict(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,26 +415,89 @@ def _from_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, Preprocessing
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{path}: malformed camlens checkpoint ({exc.__class__.__name__}: {exc})") from exc
         state = checkpoint.state_dict_of(data, path)
-        model = architecture(arch, num_classes)
+        model = architecture(arch, num_classes, data.get("arch_options") or None)
         _load_into(model, state, path)
         return model, prep, names
     raise ModelError(f"{path}: holds weights but no architecture; pass --model ARCH --weights {path}")
 
 
-def architecture(arch: str, num_classes: int) -> nn.Module:
+ArchOptions = dict[str, "int | float | bool | str"]
+"""Keyword arguments for building an architecture (``{"patch_size": 8, "depth": 6}``)."""
+
+
+def architecture(arch: str, num_classes: int, options: Mapping[str, int | float | bool | str] | None = None) -> nn.Module:
     """An untrained model of a named architecture (bundled, torchvision, ``timm:NAME``,
-    ``small_cnn``) with ``num_classes`` outputs."""
+    ``small_cnn``) with ``num_classes`` outputs; ``options`` are keyword arguments of the timm
+    or torchvision builder (``img_size``, ``patch_size``, ``depth``...).
+
+    Raises:
+        ModelError: unknown architecture, or options it does not take.
+    """
+    opts: dict[str, Any] = check_options(options)
+    if arch == SMALL_CNN or arch in _BUNDLED_NAMES:
+        if opts:
+            raise ModelError(f"{arch} takes no architecture options (got {', '.join(opts)})")
     if arch == SMALL_CNN:
         return SmallCNN(num_classes)
-    if arch in _BUNDLED_NAMES or arch.startswith("timm:"):
-        import timm
+    try:
+        if arch in _BUNDLED_NAMES or arch.startswith("timm:"):
+            import timm
 
-        return timm.create_model(arch.removeprefix("timm:").replace("-", "_"), pretrained=False, num_classes=num_classes)
-    if arch in _torchvision_names():
-        import torchvision.models as tvm
+            return timm.create_model(arch.removeprefix("timm:").replace("-", "_"), pretrained=False,
+                                     num_classes=num_classes, **opts)
+        if arch in _torchvision_names():
+            import torchvision.models as tvm
 
-        return tvm.get_model(arch, weights=None, num_classes=num_classes)
+            return tvm.get_model(arch, weights=None, num_classes=num_classes, **opts)
+    except (TypeError, ValueError, AssertionError) as exc:
+        if not opts:
+            raise
+        raise ModelError(f"{arch}: cannot be built with {_describe(opts)} ({exc})") from None
     raise ModelError(f"unknown architecture {arch!r} (small_cnn, efficientnet_lite0, a torchvision name or timm:NAME)")
+
+
+def check_options(options: Mapping[str, object] | None) -> ArchOptions:
+    """Architecture options as a plain dict of identifiers to numbers, booleans and strings.
+
+    Raises:
+        ModelError: a key that is not an identifier, or a value of another type.
+    """
+    out: ArchOptions = {}
+    for key, value in dict(options or {}).items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ModelError(f"architecture option names are identifiers, got {key!r}")
+        if not isinstance(value, (int, float, bool, str)):
+            raise ModelError(f"architecture option {key} must be a number, boolean or string, got {type(value).__name__}")
+        out[key] = value
+    return out
+
+
+def parse_option(text: str) -> tuple[str, int | float | bool | str]:
+    """``KEY=VALUE`` as ``(key, value)``: integers, floats, ``true``/``false``, else the string.
+
+    Raises:
+        ModelError: no ``=`` or an empty key.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise ModelError(f"architecture option {text!r}: expected KEY=VALUE, e.g. patch_size=8")
+    raw = raw.strip()
+    value: int | float | bool | str = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                continue
+    return key, value
+
+
+def _describe(options: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
 def _classes_in(state: dict[str, torch.Tensor]) -> int:

@@ -2,49 +2,84 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from camlens.errors import CamlensError, ModelError
 from camlens.models.preprocess import Preprocessing
+from camlens.models.registry import ArchOptions
 from camlens.models.small_cnn import SMALL_CNN
 
 
+class Backbone(NamedTuple):
+    """A model to train, its preprocessing, the options it was built with (for the checkpoint),
+    and whether CAM explains it (global average pooling -> linear; else gradient and attention
+    methods do)."""
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    options: ArchOptions
+    cam: bool
+
+
 def build(
-    arch: str, num_classes: int, *, pretrained: bool = True, input_size: int | None = None
-) -> tuple[nn.Module, Preprocessing]:
-    """A classifier for ``num_classes`` with a fresh linear head, and its preprocessing.
+    arch: str, num_classes: int, *, pretrained: bool = True, input_size: int | None = None,
+    options: Mapping[str, int | float | bool | str] | None = None,
+) -> Backbone:
+    """A classifier for ``num_classes`` with a fresh head (see :class:`Backbone`).
 
     Args:
         arch: ``small_cnn`` (from scratch, 64x64 by default), ``efficientnet_lite0`` (bundled
-            ImageNet weights, offline), a torchvision model name, or ``timm:NAME``.
+            ImageNet weights, offline), a torchvision model name, or ``timm:NAME`` (vision
+            transformers included: they are explained by gradient and attention methods).
         pretrained: start from ImageNet weights (ignored for ``small_cnn``); torchvision and timm
             weights download on first use.
-        input_size: square input side; default the backbone's own (224 for most).
+        input_size: square input side; default the backbone's own (224 for most). A timm
+            transformer from scratch is built for it (``img_size``).
+        options: builder keyword arguments for a model from scratch (``patch_size=8``, ``depth=6``).
 
     Raises:
-        ModelError: unknown architecture, weights unavailable offline, or a model whose classifier
-            is not global average pooling -> linear (checked with a forward pass).
+        ModelError: unknown architecture, weights unavailable offline, options with
+            pretrained weights, or a model no layer method can explain (checked with a forward pass).
     """
     from camlens.models import registry
 
+    opts = registry.check_options(options)
+    if input_size is not None and input_size < 16:
+        raise CamlensError(f"input size must be at least 16 pixels, got {input_size}")
     if pretrained and arch != SMALL_CNN:
+        if opts:
+            raise ModelError(f"architecture options ({', '.join(opts)}) build a model from scratch: add --no-pretrained")
         try:
             model, prep = registry.build_named(arch)
         except ModelError as exc:
             raise ModelError(f"{exc}; or train from scratch (--no-pretrained)") from exc
         _replace_head(model, num_classes, arch)
     else:
-        model = registry.architecture(arch, num_classes)
+        model = registry.architecture(arch, num_classes, opts)
+        if input_size is not None and "img_size" not in opts and _fixed_size(model) not in (None, input_size):
+            opts["img_size"] = input_size  # position embeddings for the training size
+            model = registry.architecture(arch, num_classes, opts)
         prep = registry.preprocessing_of(arch, model)
+        size = _fixed_size(model)
+        if size is not None:
+            prep = replace(prep, input_size=(size, size))
     if input_size is not None:
-        if input_size < 16:
-            raise CamlensError(f"input size must be at least 16 pixels, got {input_size}")
         prep = replace(prep, input_size=(input_size, input_size))
-    check_gap_head(model, arch, prep)
-    return model, prep
+    return Backbone(model, prep, opts, check_explainable(model, arch, prep))
+
+
+def _fixed_size(model: nn.Module) -> int | None:
+    """The square input side a timm transformer's patch embedding was built for, if fixed."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if getattr(embed, "dynamic_img_size", False) or not isinstance(size, (tuple, list)) or len(set(size)) != 1:
+        return None
+    return int(size[0])
 
 
 def _replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
@@ -61,32 +96,36 @@ def _replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
     setattr(parent, attr, nn.Linear(old.in_features, num_classes))
 
 
-def check_gap_head(model: nn.Module, arch: str, prep: Preprocessing) -> None:
-    """Run CAM once on a blank input of the training size: raises when the model's classifier is
-    not GAP -> linear, or when at that size its last feature maps have a single position."""
+def check_explainable(model: nn.Module, arch: str, prep: Preprocessing) -> bool:
+    """Run the model once on a blank input of the training size: True when CAM explains it
+    (global average pooling -> linear), False when only gradient and attention methods do (a
+    transformer's class token); raises when neither works, or when at that size its last
+    feature maps have a single position."""
     from camlens.adapters.pytorch.extractor import TorchExplainer
-    from camlens.errors import MethodError
+    from camlens.errors import LayerError, MethodError
 
-    def cam_runs(h: int, w: int) -> bool:
+    def runs(method: str, h: int, w: int) -> bool:
         try:
-            with TorchExplainer(model, "cam") as cam:
-                cam(torch.zeros(1, 3, h, w), 0)
-        except MethodError:
+            with TorchExplainer(model, method) as ex:
+                maps = ex(torch.zeros(1, 3, h, w), 0).map()
+        except (MethodError, LayerError):
             return False
-        return True
+        return method != "cam" or maps.shape[-1] * maps.shape[-2] > 1
 
     was_training = model.training
     model.eval()
     try:
         h, w = prep.input_size
-        if cam_runs(h, w):
-            return
-        if max(h, w) < 224 and cam_runs(224, 224):
+        if runs("cam", h, w):
+            return True
+        if max(h, w) < 224 and _fixed_size(model) is None and runs("cam", 224, 224):
             raise ModelError(f"{arch}: at {h}x{w} input its last feature maps are 1x1, too small for CAM; "
                              "use a larger --input-size")
+        if runs("gradcam", h, w):
+            return False
         raise ModelError(
-            f"{arch}: its classifier is not global average pooling -> linear, so CAM cannot explain it "
-            "(choose e.g. small_cnn, efficientnet_lite0, resnet18, mobilenet_v3_small, densenet121)"
+            f"{arch}: no layer of it holds feature maps camlens can explain "
+            "(choose e.g. small_cnn, efficientnet_lite0, resnet18, timm:vit_tiny_patch16_224)"
         )
     finally:
         model.train(was_training)

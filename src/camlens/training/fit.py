@@ -1,4 +1,4 @@
-"""The training loop: seeded, early-stopping, resumable fine-tuning of a GAP classifier.
+"""The training loop: seeded, early-stopping, resumable training of a classifier.
 
 Every epoch reseeds from ``(seed, epoch)``, so a run resumed from its ``.last`` state file ends
 with the same weights as one that was never interrupted.
@@ -6,6 +6,7 @@ with the same weights as one that was never interrupted.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +46,10 @@ class TrainConfig:
     input_size: int | None = None
     augment: bool = False
     workers: int = 0
+    warmup: int = 0
+    """Epochs of linear learning-rate warm-up before the cosine decay (vision transformers from scratch)."""
+    arch_options: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Builder keyword arguments of a model from scratch (``{"patch_size": 8}``)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class TrainResult:
     history: list[EpochStats]
     stopped_early: bool
     skipped: list[str] = field(default_factory=list)
+    cam: bool = True
+    """Whether CAM explains the model (global average pooling -> linear); else gradient and
+    attention methods do."""
 
 
 BatchCallback = Callable[[str, int, int, float, float], None]
@@ -95,7 +103,8 @@ def train(
 ) -> TrainResult:
     """Fine-tune ``config.arch`` on ``data`` and write the best epoch's model to ``out``.
 
-    Cross-entropy, AdamW (``lr``, ``weight_decay``), cosine learning-rate decay over ``epochs``.
+    Cross-entropy, AdamW (``lr``, ``weight_decay``), ``warmup`` epochs of linear learning-rate
+    warm-up, then cosine decay to zero at ``epochs``.
     Validation is ``val`` or a stratified ``val_fraction`` of ``data`` (seeded). The model of
     the epoch with the best validation accuracy is kept; training stops after ``patience``
     epochs without improvement (0: never). After every epoch the full state goes to
@@ -130,10 +139,11 @@ def train(
         raise CamlensError(f"too few images to train and validate ({len(data)} found)")
 
     torch.manual_seed(config.seed)
-    model, prep = build(config.arch, len(classes), pretrained=config.pretrained, input_size=config.input_size)
+    model, prep, options, cam = build(config.arch, len(classes), pretrained=config.pretrained,
+                                      input_size=config.input_size, options=config.arch_options)
     model.to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config.warmup, config.epochs))
     run = _RunState()
     if resume:
         run = _restore(last, config, classes, model, optimizer, schedule)
@@ -162,17 +172,29 @@ def train(
         on_epoch(stats)
 
     model.load_state_dict(run.best_state or model.state_dict())
-    save_checkpoint(dest, config.arch, model, Labels(tuple(classes)), prep, overwrite=True)
+    save_checkpoint(dest, config.arch, model, Labels(tuple(classes)), prep, overwrite=True, arch_options=options)
     stopped = run.epoch < config.epochs
-    return TrainResult(dest, run.best_epoch, run.best_acc, run.history, stopped, sorted(skipped.values()))
+    return TrainResult(dest, run.best_epoch, run.best_acc, run.history, stopped, sorted(skipped.values()), cam)
+
+
+def _lr_factor(warmup: int, epochs: int) -> Callable[[int], float]:
+    """The learning rate's factor at an epoch: linear warm-up over ``warmup`` epochs, then
+    cosine decay to zero at ``epochs``."""
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(epochs - warmup, 1)))
+
+    return factor
 
 
 def _check_config(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(c, name) < 1:
             raise CamlensError(f"{name.replace('_', ' ')} must be at least 1")
-    if c.lr <= 0 or c.weight_decay < 0 or c.patience < 0 or c.workers < 0:
-        raise CamlensError("learning rate must be positive; weight decay, patience and workers not negative")
+    if c.lr <= 0 or c.weight_decay < 0 or c.patience < 0 or c.workers < 0 or c.warmup < 0:
+        raise CamlensError("learning rate must be positive; weight decay, patience, warm-up and workers not negative")
 
 
 @dataclass
@@ -308,8 +330,9 @@ def _restore(
         raise CamlensError(f"{path}: was trained on classes {state['classes'][:5]}..., not these")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    schedule.T_max = config.epochs
+    saved = {"lr_lambdas": [None] * len(optimizer.param_groups), **state["schedule"]}  # older states: cosine
+    schedule.load_state_dict(saved)
+    schedule.lr_lambdas = [_lr_factor(config.warmup, config.epochs)] * len(optimizer.param_groups)
     return _RunState(
         epoch=int(state["epoch"]),
         best_acc=float(state["best_acc"]),

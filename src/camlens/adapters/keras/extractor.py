@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from camlens.adapters.keras import routes
-from camlens.adapters.keras.graph import LayerPath, auto_layer, name_of, output_shape, resolve
+from camlens.adapters.keras.graph import LayerPath, auto_layer, layout_of, name_of, output_shape, resolve
 from camlens.adapters.keras.head import Head, find_head
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, no_head, pooled_features
+from camlens.core.layouts import Layout
 from camlens.core.methods import Method, methods_from
 from camlens.core.record import ClassifierHead, Need
 from camlens.core.result import CamResult
 from camlens.core.targets import Targets
 from camlens.core.targets import resolve as resolve_columns
-from camlens.errors import CamlensError
+from camlens.errors import CamlensError, LayerError, MethodError
 
 KerasLayerSpec = str | Any
 _EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}  # machine epsilons
@@ -37,6 +38,11 @@ class KerasExplainer:
         output: which output of a multi-output model to explain (index or layer name).
         fuse: with several layers, also combine each method's maps into one (see
             :func:`camlens.core.fusion.fuse`).
+        layout: how a layer's output holds its map when the graph does not show it (see
+            :class:`camlens.core.layouts.Layout`), for every layer or as a dict by layer name:
+            ``(N, h, w, C)`` outputs are NHWC, ``(N, L, C)`` tokens after a patch embedding are
+            on that embedding's grid (:func:`camlens.adapters.keras.graph.layout_of`); other
+            token layers need e.g. ``layout="tokens:1"``.
 
     Inputs are channels-last batches as the model takes them; maps and activations come back
     channels-first ``(N, C, h, w)``, like the PyTorch adapter's. The model is never modified.
@@ -49,6 +55,7 @@ class KerasExplainer:
         layer: KerasLayerSpec | Sequence[KerasLayerSpec] | None = None,
         output: int | str | None = None,
         fuse: str | None = None,
+        layout: str | Layout | Mapping[str, str | Layout] | None = None,
     ) -> None:
         self.methods: list[Method] = methods_from(method)
         self._needs = needs_of(self.methods)
@@ -60,8 +67,43 @@ class KerasExplainer:
         dense = self.head.maps
         self.paths: list[LayerPath] = [auto_layer(model, dense, self.head.dense_path) if s is None else resolve(model, s)
                                        for s in specs]
+        self.layouts = self._layouts(layout)
         if Need.CLASS_WEIGHTS in self._needs:
             self._check_cam_layers()
+        if Need.HESSIAN in self._needs:
+            self._check_second_order()
+
+    def _check_second_order(self) -> None:
+        """TensorFlow's LayerNormalization has wrong second derivatives (against finite
+        differences): refuse Hessian products that would go through one."""
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            return
+        from camlens.adapters.keras.graph import walk
+
+        paths = [p for p, _ in walk(self.model)]
+        first = min(paths.index(p) for p in self.paths)
+        norms = [p for p, layer in walk(self.model) if isinstance(layer, keras.layers.LayerNormalization)
+                 and paths.index(p) > first]
+        if norms:
+            raise MethodError(f"second-order gradients (Shapley-CAM) through LayerNormalization ({name_of(norms[0])}) are "
+                              "wrong on the TensorFlow backend; use KERAS_BACKEND=jax or torch, or a first-order method")
+
+    def _layouts(self, stated: str | Layout | Mapping[str, str | Layout] | None) -> dict[LayerPath, Layout]:
+        """Each target layer's layout: stated, else found from the graph (when it is)."""
+        found = {p: layout_of(self.model, p) for p in self.paths}
+        if stated is None:
+            return {p: lay for p, lay in found.items() if lay is not None}
+        if not isinstance(stated, Mapping):
+            return dict.fromkeys(self.paths, Layout.parse(stated))
+        by_name = {name_of(p): p for p in self.paths}
+        out = {p: lay for p, lay in found.items() if lay is not None}
+        for key, value in stated.items():
+            if key not in by_name:
+                raise LayerError(f"layout= names {key!r}, which is not a target layer ({', '.join(by_name)})")
+            out[by_name[key]] = Layout.parse(value)
+        return out
 
     def _check_cam_layers(self) -> None:
         feeding = name_of(auto_layer(self.model))
@@ -82,7 +124,7 @@ class KerasExplainer:
             raise CamlensError("expected a batch of shape (N, H, W, C)")
         second = Need.HESSIAN in self._needs
         grads = bool(self._needs & {Need.GRADIENTS, Need.HESSIAN})
-        fwd = routes.forward_pass(self.model, batch, self.paths, self.head, grads, second)
+        fwd = routes.forward_pass(self.model, batch, self.paths, self.head, grads, second, self.layouts)
         columns = resolve_columns(targets, fwd.output, top)
         fwd.bind(columns)
         if Need.CLASS_WEIGHTS in self._needs:
@@ -91,7 +133,7 @@ class KerasExplainer:
             features = pooled_features(fwd.activations[name], fwd.head_input, name, eps=eps)
             fwd.head = ClassifierHead(name, features, self.head.class_weights())
         if Need.FORWARDS in self._needs:
-            fwd.probe = routes.KerasProbe(self.model, batch, self.paths, self.head, columns)
+            fwd.probe = routes.KerasProbe(self.model, batch, self.paths, self.head, columns, capture=fwd)
         return run(fwd, self.methods, columns, self._fuse)
 
     def close(self) -> None:
@@ -111,7 +153,8 @@ def feature_maps(
     """Activations ``(N, C, h, w)`` of one layer (automatic when None), no gradients."""
     head = find_head(model, output if output is not None or len(model.outputs) == 1 else 0)
     path = auto_layer(model, head.maps, head.dense_path) if layer is None else resolve(model, layer)
-    fwd = routes.forward_pass(model, batch, [path], head, with_gradients=False)
+    found = layout_of(model, path)
+    fwd = routes.forward_pass(model, batch, [path], head, with_gradients=False, layouts={path: found} if found else None)
     return name_of(path), fwd.activations[name_of(path)]
 
 

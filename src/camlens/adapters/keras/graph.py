@@ -15,6 +15,7 @@ from typing import Any
 
 import keras
 
+from camlens.core.layouts import MAX_PREFIX, NHWC, TOKENS, Layout
 from camlens.errors import LayerError
 
 LayerPath = tuple[str, ...]
@@ -90,9 +91,35 @@ def spatial(shape: tuple[int | None, ...] | None) -> bool:
     return h is None or w is None or h * w > 1
 
 
+def layout_of(model: Any, path: LayerPath) -> Layout | None:
+    """A layer's layout, found from the model's graph: ``(N, h, w, C)`` outputs are NHWC
+    (Keras is channels last); ``(N, L, C)`` tokens after a patch embedding are tokens on that
+    embedding's grid, the last ``(N, h, w, C)`` layer before them, with the ``L - h w``
+    (at most :data:`~camlens.core.layouts.MAX_PREFIX`) tokens beyond it first (class tokens).
+    None when neither (state the layout: ``layout="tokens:1"``)."""
+    layers = list(walk(model))
+    where = [p for p, _ in layers].index(path)
+    shape = output_shape(layers[where][1])
+    if shape is None:
+        return None
+    if len(shape) == 4:
+        return Layout(NHWC)
+    if len(shape) != 3 or shape[1] is None:
+        return None
+    before = [output_shape(layer) for _, layer in layers[:where] if not is_container(layer)]
+    grids = [(int(s[1]), int(s[2])) for s in before if s is not None and spatial(s) and s[1] is not None and s[2] is not None]
+    if not grids:
+        return None
+    h, w = grids[-1]
+    prefix = int(shape[1]) - h * w
+    return Layout(TOKENS, prefix, (h, w)) if 0 <= prefix <= MAX_PREFIX else None
+
+
 def auto_layer(model: Any, backbone: bool = False, head: LayerPath | None = None) -> LayerPath:
     """The last layer with a spatial output that is not pooling, dropout or a nested model
-    (whose inside is searched instead): the features that feed global pooling.
+    (whose inside is searched instead): the features that feed global pooling. On a
+    transformer (token layers and a ``MultiHeadAttention`` after the last such layer), the
+    input of the last attention: the ``LayerNormalization`` just before it, on the patch grid.
 
     With ``backbone`` (a segmentation head, whose last spatial layers are the head itself), the
     last stage of the last nested model (a ``keras.applications`` backbone) when there is one,
@@ -109,9 +136,26 @@ def auto_layer(model: Any, backbone: bool = False, head: LayerPath | None = None
     chosen = None
     for path, _ in candidates:
         chosen = path
+    if not backbone:
+        chosen = _last_attention_input(model, layers, chosen) or chosen
     if chosen is None:
         raise LayerError("found no layer with a spatial (N, H, W, C) output; give --layer explicitly")
     return chosen
+
+
+def _last_attention_input(model: Any, layers: list[tuple[LayerPath, Any]], after: LayerPath | None) -> LayerPath | None:
+    """The ``LayerNormalization`` right before the last ``MultiHeadAttention`` (after ``after``),
+    when its output holds tokens on a grid."""
+    paths = [p for p, _ in layers]
+    start = paths.index(after) + 1 if after in paths else 0
+    attention = [i for i in range(start, len(layers)) if isinstance(layers[i][1], keras.layers.MultiHeadAttention)]
+    if not attention:
+        return None
+    norms = [i for i in range(start, attention[-1]) if isinstance(layers[i][1], keras.layers.LayerNormalization)]
+    if not norms:
+        return None
+    layout = layout_of(model, paths[norms[-1]])
+    return paths[norms[-1]] if layout is not None and layout.kind == TOKENS else None
 
 
 def run(model: Any, inputs: Any, hook: Hook, descend: set[LayerPath], prefix: LayerPath = ()) -> Any:

@@ -14,7 +14,7 @@ the output between the forward and the backward passes, so top-k targets cost no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -24,9 +24,10 @@ from camlens.adapters.keras.graph import LayerPath, descend_set, name_of, run
 from camlens.adapters.keras.head import Head, _kind, pre_activation
 from camlens.adapters.keras.outputs import output_of
 from camlens.core import targets as tg
+from camlens.core.layouts import NHWC, Layout
 from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks
 from camlens.core.targets import Column, Output
-from camlens.errors import MethodError
+from camlens.errors import LayerError, MethodError
 
 Columns = Callable[[np.ndarray], list[dict[LayerPath, np.ndarray]]]
 PairColumns = Callable[[np.ndarray], list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]]
@@ -42,10 +43,10 @@ class KerasPass:
                  prepare: Prepare) -> None:
         self.output = output
         self.paths = list(activations)
-        for p, a in activations.items():
-            if a.ndim != 4:
-                raise not_feature_maps(name_of(p), a.shape)
-        self.activations = {name_of(p): channels_first(a) for p, a in activations.items()}
+        self.raw = activations
+        self.activations: dict[str, np.ndarray] = {}
+        self._layouts: dict[LayerPath, Layout] = {}
+        self._size = (0, 0)
         self.head_input = head_input
         self.head: ClassifierHead | None = None
         self.probe: KerasProbe | None = None
@@ -54,6 +55,31 @@ class KerasPass:
         self._prepare = prepare
         self._grads: Columns | None = None
         self._hvps: PairColumns | None = None
+
+    def arrange(self, layouts: Mapping[LayerPath, Layout], input_size: tuple[int, int]) -> None:
+        """Lay out each layer's activations channels first (NHWC unless ``layouts`` says tokens).
+
+        Raises:
+            LayerError: a layer whose output holds no feature map in its layout.
+        """
+        self._size = input_size
+        for p, a in self.raw.items():
+            layout = layouts.get(p) or (Layout(NHWC) if a.ndim == 4 else None)
+            if layout is None:
+                raise not_feature_maps(name_of(p), a.shape, layouts=True)
+            try:
+                layout.grid_of(a.shape, input_size)
+            except LayerError as exc:
+                raise LayerError(f"layer {name_of(p)!r}: {exc}") from None
+            self._layouts[p] = layout
+        self.activations = {name_of(p): self._nchw(p, a, 1) for p, a in self.raw.items()}
+
+    def _nchw(self, path: LayerPath, a: np.ndarray, lead: int) -> np.ndarray:
+        return self._layouts[path].to_nchw(a, self._size, lead)
+
+    def layout(self, path: LayerPath) -> Layout:
+        """The layout a captured layer's activations were read in."""
+        return self._layouts[path]
 
     def bind(self, columns: Sequence[Column]) -> None:
         """Score ``columns`` on this pass's output, ready for their gradients."""
@@ -76,7 +102,7 @@ class KerasPass:
         raise MethodError("attention methods read PyTorch transformers; no Keras attention is captured")
 
     def _stack(self, columns: list[dict[LayerPath, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {name_of(p): np.stack([channels_first(c[p]) for c in columns], axis=1) for p in self.paths}
+        return {name_of(p): self._nchw(p, np.stack([c[p] for c in columns], axis=1), 2) for p in self.paths}
 
 
 class KerasProbe:
@@ -86,12 +112,14 @@ class KerasProbe:
 
     ``score_replaced`` swaps the layer's output during the run (the layers before it still run,
     so residual connections that bypass it are exact); activations arrive channels first and
-    are handed to the model channels last.
+    are handed to the model in the layer's layout (``capture``'s; a token layer keeps each
+    sample's own prefix tokens).
     """
 
     def __init__(self, model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head,
-                 columns: Sequence[Column] | None = None, max_batch: int = 32) -> None:
+                 columns: Sequence[Column] | None = None, max_batch: int = 32, capture: KerasPass | None = None) -> None:
         self._model, self._batch, self._head = model, np.asarray(batch, dtype=np.float32), head
+        self._capture = capture
         self._paths = {name_of(p): p for p in paths}
         self._columns = list(columns) if columns is not None else None
         self.max_batch = max_batch
@@ -114,12 +142,16 @@ class KerasProbe:
         if layer not in self._paths:
             raise MethodError(f"layer {layer!r} was not captured; replace one of {', '.join(self._paths)}")
         n, count = activations.shape[:2]
-        flat = np.transpose(activations.reshape(n * count, *activations.shape[2:]), (0, 2, 3, 1))
+        flat = activations.reshape(n * count, *activations.shape[2:])
+        path = self._paths[layer]
+        layout = self._capture.layout(path) if self._capture is not None else Layout(NHWC)
         current: list[Any] = []
 
         def inputs(rows: slice) -> np.ndarray:
-            current[:] = [keras.ops.convert_to_tensor(np.ascontiguousarray(flat[rows]))]
-            return self._batch[np.arange(rows.start, rows.stop) // count]
+            samples = np.arange(rows.start, rows.stop) // count
+            like = self._capture.raw[path][samples] if self._capture is not None else flat[rows]
+            current[:] = [keras.ops.convert_to_tensor(layout.from_nchw(flat[rows], like))]
+            return self._batch[samples]
 
         return self._scores(n, count, inputs, (self._paths[layer], current), columns)
 
@@ -149,21 +181,20 @@ def _no_grad() -> Any:
     return contextlib.nullcontext()
 
 
-def channels_first(a: np.ndarray) -> np.ndarray:
-    """``(N, h, w, C)`` -> ``(N, C, h, w)``."""
-    return np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2)))
-
-
 def forward_pass(
-    model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head, with_gradients: bool, second_order: bool = False
+    model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head, with_gradients: bool, second_order: bool = False,
+    layouts: Mapping[LayerPath, Layout] | None = None,
 ) -> KerasPass:
     """Run the model once, recording what gradients (and second-order products) need; call
-    :meth:`KerasPass.bind` with the target columns before asking for gradients."""
+    :meth:`KerasPass.bind` with the target columns before asking for gradients. Layers are
+    read in ``layouts`` (NHWC when not given)."""
     backend = keras.backend.backend()
     route = {"tensorflow": _tensorflow, "torch": _torch, "jax": _jax}.get(backend)
     if route is None:
         raise MethodError(f"Keras backend {backend!r} cannot give gradients; use tensorflow, jax or torch")
-    return route(model, batch, list(paths), head, with_gradients, second_order)
+    fwd: KerasPass = route(model, batch, list(paths), head, with_gradients, second_order)
+    fwd.arrange(dict(layouts or {}), _size(batch))
+    return fwd
 
 
 def _forward(
@@ -315,6 +346,8 @@ def _torch(model, batch, paths, head, with_gradients, second_order) -> KerasPass
                 return [{p: _numpy(g) for p, g in zip(paths, grad(int(c)), strict=True)} for c in index]
 
         def hvps(index: np.ndarray) -> list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]:
+            from camlens.adapters.pytorch.capture import hessian_vector
+
             out = []
             with torch.inference_mode(False), torch.enable_grad():
                 for c in index:
@@ -323,7 +356,7 @@ def _torch(model, batch, paths, head, with_gradients, second_order) -> KerasPass
                     for p, gj, x in zip(paths, g, xs, strict=True):
                         hx = None
                         if gj.requires_grad:  # else the score is piecewise linear in x: H x = 0
-                            (hx,) = torch.autograd.grad(gj, x, captured[p].detach(), retain_graph=True, allow_unused=True)
+                            hx = hessian_vector(gj, x, captured[p].detach())
                         column[p] = _numpy(hx.detach()) if hx is not None else np.zeros(tuple(x.shape), np.float32)
                     out.append(({p: _numpy(gj.detach()) for p, gj in zip(paths, g, strict=True)}, column))
             return out

@@ -237,7 +237,7 @@ class TorchPass:
                 for g, x in zip(grads, inputs, strict=True):  # H_jj A_j, one layer at a time
                     hx = None
                     if g.requires_grad:  # else the score is piecewise linear in x: H x = 0
-                        (hx,) = torch.autograd.grad(g, x, x.detach(), retain_graph=True, allow_unused=True)
+                        hx = hessian_vector(g, x, x.detach())
                     column.append(hx if hx is not None else torch.zeros_like(x))
                 columns_.append(column)
         return self._stack(firsts), self._stack(columns_)
@@ -245,6 +245,26 @@ class TorchPass:
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
+
+
+def hessian_vector(grad: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """:math:`H v`: the gradient ``grad`` (taken with ``create_graph``) differentiated again
+    with respect to ``x`` along ``v`` (None where ``grad`` does not depend on ``x``).
+
+    Raises:
+        MethodError: an operation of the model has no second derivative in PyTorch (fused
+            attention kernels), in one line that says what to do.
+    """
+    try:
+        (hx,) = torch.autograd.grad(grad, x, v, retain_graph=True, allow_unused=True)
+    except RuntimeError as exc:
+        if "not implemented" not in str(exc):
+            raise
+        op = str(exc).split("derivative for ")[-1].split(" is not")[0]
+        raise MethodError(f"second-order gradients (Shapley-CAM) go through {op}, which PyTorch cannot differentiate "
+                          "twice (fused attention); run the model under torch.nn.attention.sdpa_kernel("
+                          "SDPBackend.MATH), or use a layer after the last attention or a first-order method") from None
+    return hx
 
 
 class TorchProbe:
