@@ -6,6 +6,8 @@ timm ViT-S/16 and Swin-T (random weights: timing does not depend on them), batch
 last attention; Swin: ``norm``), top-1 class, maps upsampled to 224x224 and min-max normalised
 as pytorch-grad-cam returns them. Measurements are interleaved round by round so that machine
 noise hits all of them alike; medians are reported. Target: camlens / plain forward <= 1.15.
+On the ViT, camlens' attention methods (rollout, gradient rollout, LeGrad: every block's
+attention, so their graph starts at the first block) are timed in the same rounds.
 
 Run: python bench/transformer_cost.py [--rounds 9] [--batch 8]
 """
@@ -20,7 +22,7 @@ from collections.abc import Callable
 import timm
 import torch
 
-from camlens import GradCAM
+from camlens import Explainer, GradCAM
 from camlens.core import normalize, upsample
 
 
@@ -32,6 +34,15 @@ def _vit_reshape(tensor: torch.Tensor) -> torch.Tensor:
 def _swin_reshape(tensor: torch.Tensor) -> torch.Tensor:
     """timm's Swin is channels last: channels first for pytorch-grad-cam."""
     return tensor.permute(0, 3, 1, 2)
+
+
+def _method(model: torch.nn.Module, method: str, x: torch.Tensor) -> Callable[[], None]:
+    explainer = Explainer(model, method)
+
+    def run() -> None:
+        normalize(upsample(explainer(x).map()[:, 0], (224, 224)))
+
+    return run
 
 
 def main() -> None:
@@ -70,6 +81,9 @@ def main() -> None:
         runs: dict[str, Callable[[], None]] = {
             "plain forward (no_grad)": plain, "camlens Grad-CAM": camlens_gradcam, "pytorch-grad-cam Grad-CAM": pytorch_grad_cam,
         }
+        if label.startswith("ViT"):
+            for method in ("rollout", "gradrollout", "legrad"):
+                runs[f"camlens {method}"] = _method(model, method, x)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for fn in runs.values():  # warm-up
             fn()

@@ -238,3 +238,23 @@ def test_attention_methods_refuse_what_they_cannot_read_in_one_line(tiny) -> Non
     pooled = _timm_vit(global_pool="map")
     with pytest.raises(MethodError, match="pools by attention"):
         Explainer(pooled, "legrad")(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_every_method_maps_the_token_grid(family: str) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from camlens.core import method_names
+
+    build, _, layer, _ = CASES[family]
+    model = build()
+    methods = [m for m in method_names() if m != "cam"]
+    with sdpa_kernel(SDPBackend.MATH), Explainer(model, methods) as ex:  # math attention: Shapley-CAM's 2nd derivatives
+        out = ex(torch.rand(2, 3, 32, 32), "top-2")
+    for method in methods:
+        maps = out.maps[method][layer]
+        assert maps.shape == (2, 2, 4, 4), method
+        assert np.isfinite(maps).all() and np.ptp(maps) > 0, method
+    with pytest.raises(MethodError) as info:  # the class token feeds the head: no GAP -> linear for CAM
+        Explainer(model, "cam")(torch.rand(1, 3, 32, 32))
+    assert "\n" not in str(info.value)
