@@ -258,3 +258,62 @@ def test_every_method_maps_the_token_grid(family: str) -> None:
     with pytest.raises(MethodError) as info:  # the class token feeds the head: no GAP -> linear for CAM
         Explainer(model, "cam")(torch.rand(1, 3, 32, 32))
     assert "\n" not in str(info.value)
+
+
+class _Twice(nn.Module):
+    """A test-time flip: the transformer runs twice per forward."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.vit(x) + self.vit(x.flip(-1))) / 2
+
+
+class _KeywordAttention(nn.Module):
+    """Self-attention called with keyword arguments, then a cross-attention pooling head."""
+
+    def __init__(self, pool: bool) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 8, stride=8)
+        self.blocks = nn.ModuleList([nn.MultiheadAttention(8, 2, batch_first=True) for _ in range(2)])
+        self.pool = nn.MultiheadAttention(8, 2, batch_first=True) if pool else None
+        self.query = nn.Parameter(torch.randn(1, 1, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        for attention in self.blocks:
+            t = t + attention(query=t, key=t, value=t, need_weights=False)[0]
+        if self.pool is not None:
+            t = self.pool(self.query.expand(t.shape[0], 1, 8), t, t, need_weights=False)[0]
+        return self.head(t.mean(dim=1))
+
+
+def test_attention_that_is_not_one_pass_of_self_attention_is_refused() -> None:
+    from camlens.targets import Score
+
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(MethodError, match="ran 6 times"):
+        Explainer(_Twice(_timm_vit()).eval(), "rollout", "vit.blocks.2.norm1")(x)
+    torch.manual_seed(15)
+    keywords = _KeywordAttention(pool=False).eval()
+    maps = Explainer(keywords, ["rollout", "gradrollout"], "embed")(x)
+    assert all(np.isfinite(m).all() and np.ptp(m) > 0 for m in (maps.map("rollout"), maps.map("gradrollout")))
+    with pytest.raises(MethodError, match="self-attention over one token sequence"):
+        Explainer(_KeywordAttention(pool=True).eval(), "gradrollout", "embed")(x)
+    with pytest.raises(MethodError, match="a Score function"):
+        Explainer(_timm_vit(), "legrad")(x, Score(lambda out: out[:, 1], "second"))
+
+
+def test_a_wrapped_vit_keeps_its_layouts_layer_and_head() -> None:
+    vit = _timm_vit()
+    wrapped = nn.Sequential(nn.Identity(), vit).eval()  # e.g. the user's normalisation in front
+    x = torch.rand(2, 3, 32, 32)
+    methods = ["gradcam", "rollout", "gradrollout", "legrad"]
+    with Explainer(vit, methods) as plain, Explainer(wrapped, methods) as outer:
+        alone, inside = plain(x, [1, 2]), outer(x, [1, 2])
+    assert list(inside.maps["legrad"]) == ["1.blocks.2.norm1"]
+    for method in methods:
+        np.testing.assert_allclose(inside.map(method), alone.map(method), rtol=1e-5, atol=1e-8)

@@ -160,6 +160,28 @@ def test_backbones_cam_ready_or_explained_by_gradients() -> None:
         build("timm:vit_tiny_patch16_224", 3, pretrained=False, options={"wings": 2})
     with pytest.raises(ModelError, match="add --no-pretrained"):
         build("timm:vit_tiny_patch16_224", 3, options={"depth": 2})
+    with pytest.raises(ModelError, match="img_size=224 and --input-size 64 disagree"):
+        build("timm:vit_tiny_patch16_224", 3, pretrained=False, input_size=64, options={"img_size": 224, "depth": 1})
+    tv = build("vit_b_16", 3, pretrained=False, input_size=64)  # torchvision's ViT is built for the size too
+    assert tv.options == {"image_size": 64} and tv.preprocessing.input_size == (64, 64) and not tv.cam
+
+
+def test_checkpoint_architecture_options_are_only_model_parameters(tmp_path: Path) -> None:
+    """Options stored in a checkpoint reach the model's constructor only, never a builder's
+    loading arguments (timm's checkpoint_path, pretrained_cfg...)."""
+    from camlens.models import load_model
+    from camlens.models.checkpoint import save_checkpoint
+    from camlens.models.labels import Labels
+    from camlens.models.preprocess import Preprocessing
+
+    model = torch.nn.Linear(2, 2)
+    for options, why in (({"checkpoint_path": str(tmp_path / "other.pt")}, "not a parameter of VisionTransformer"),
+                         ({"pretrained_cfg": "x"}, "not a parameter"), ({"depth": [1]}, "number, boolean or string")):
+        path = save_checkpoint(tmp_path / "bad.pt", "timm:vit_tiny_patch16_224", model, Labels(("a", "b")),
+                               Preprocessing(), overwrite=True, arch_options=options)
+        with pytest.raises(ModelError, match=why) as info:
+            load_model(path)
+        assert "\n" not in str(info.value)
 
 
 def test_stratified_split_is_seeded_and_keeps_every_class() -> None:

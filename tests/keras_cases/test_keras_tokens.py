@@ -168,3 +168,14 @@ def test_keras_token_layouts_stated_and_refused(images: np.ndarray) -> None:
         KerasExplainer(model, "gradcam", "add2_0", layout={"ln": "tokens:1"})
     with pytest.raises(LayerError, match="not a feature map"):
         KerasExplainer(model, "gradcam", "first")(images)
+
+
+def test_a_transposed_feature_map_is_not_read_as_tokens() -> None:
+    from camlens.adapters.keras.graph import layout_of
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(70, 2, strides=2, name="conv")(inp)  # 8x8 positions, 70 channels
+    x = keras.layers.Permute((2, 1), name="swap")(keras.layers.Reshape((64, 70), name="flat")(x))  # (70, 64)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x)))
+    assert layout_of(model, ("flat",)).describe() == "tokens 8x8"  # type: ignore[union-attr]
+    assert layout_of(model, ("swap",)) is None  # 70 "tokens" of width 64: channels by positions, not tokens

@@ -112,7 +112,10 @@ def _chunk(acts: dict[str, np.ndarray], shape: tuple[int, ...], needs: frozenset
     per_column = 0
     if needs & {Need.GRADIENTS, Need.HESSIAN}:
         per_column += sum(a.nbytes for a in acts.values()) * (2 if Need.HESSIAN in needs else 1) * 4
-    if attention is not None:  # (N, heads, L, L) float32 per block and column, for each kind asked
-        kinds = len(needs & {Need.ATTENTION_GRADIENTS, Need.LAYERWISE_GRADIENTS})
-        per_column += kinds * attention.blocks * shape[0] * attention.heads * attention.tokens**2 * 4 * 2
+    if attention is not None:  # per column: one block's (N, heads, L, L) at a time, and every block's (N, L, width)
+        n, length = shape[0], attention.tokens
+        if needs & {Need.ATTENTION_GRADIENTS, Need.LAYERWISE_GRADIENTS}:
+            per_column += n * attention.heads * length**2 * 4 * 2
+        if Need.ATTENTION_GRADIENTS in needs:  # the output gradients of every block, from one backward
+            per_column += attention.blocks * n * length * attention.width * 4
     return int(max(1, min(shape[1], CHUNK_BYTES // max(per_column, 1))))

@@ -12,7 +12,7 @@ each method maps a record to raw maps. Nothing here imports a framework.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +57,7 @@ class AttentionMaps:
         grid: ``(h, w)`` of the patch tokens that follow them.
         blocks: how many attention blocks ran.
         heads: attention heads per block.
+        width: the attention's output width (heads times head size).
     """
 
     probabilities: tuple[np.ndarray, ...]
@@ -64,6 +65,7 @@ class AttentionMaps:
     grid: tuple[int, int]
     blocks: int = 0
     heads: int = 0
+    width: int = 0
 
     @property
     def tokens(self) -> int:
@@ -168,7 +170,7 @@ class ForwardPass(Protocol):
 
     def hessian_products(self, columns: np.ndarray) -> tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]: ...
 
-    def attention_gradients(self, columns: np.ndarray, layerwise: bool = False) -> tuple[np.ndarray, ...]:
+    def attention_gradients(self, columns: np.ndarray, layerwise: bool = False) -> Sequence[np.ndarray]:
         """Per block, ``(N, k, heads, L, L)`` gradients of the chosen score columns with respect
         to the block's attention probabilities: of the model's scores, or (``layerwise``) of the
         scores of the block's own tokens (see :attr:`Need.LAYERWISE_GRADIENTS`)."""
@@ -217,5 +219,5 @@ class LayerRecord:
     probe: Probe | None = None
     columns: np.ndarray | None = None
     attention: AttentionMaps | None = None
-    attention_gradients: tuple[np.ndarray, ...] | None = None
-    layerwise_gradients: tuple[np.ndarray, ...] | None = None
+    attention_gradients: Sequence[np.ndarray] | None = None
+    layerwise_gradients: Sequence[np.ndarray] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
+    name: str | Path = DEFAULT_MODEL,
     *,
     weights: str | Path | None = None,
     labels: str | Path | None = None,
@@ -93,6 +94,7 @@ def load_model(
         ModelError: unknown name, weights missing offline, or an unreadable/mismatched file.
     """
     dev = resolve_device(device)
+    name = str(name)  # a model file may come as a Path
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None and not weights_path.is_file():
         raise ModelError(f"{weights_path}: no such weights file")
@@ -439,21 +441,31 @@ def architecture(arch: str, num_classes: int, options: Mapping[str, int | float 
             raise ModelError(f"{arch} takes no architecture options (got {', '.join(opts)})")
     if arch == SMALL_CNN:
         return SmallCNN(num_classes)
-    try:
-        if arch in _BUNDLED_NAMES or arch.startswith("timm:"):
-            import timm
+    if arch in _BUNDLED_NAMES or arch.startswith("timm:"):
+        import timm
 
+        def make(**kw: Any) -> nn.Module:
             return timm.create_model(arch.removeprefix("timm:").replace("-", "_"), pretrained=False,
-                                     num_classes=num_classes, **opts)
-        if arch in _torchvision_names():
-            import torchvision.models as tvm
+                                     num_classes=num_classes, **kw)
+    elif arch in _torchvision_names():
+        import torchvision.models as tvm
 
-            return tvm.get_model(arch, weights=None, num_classes=num_classes, **opts)
-    except (TypeError, ValueError, AssertionError) as exc:
-        if not opts:
-            raise
-        raise ModelError(f"{arch}: cannot be built with {_describe(opts)} ({exc})") from None
-    raise ModelError(f"unknown architecture {arch!r} (small_cnn, efficientnet_lite0, a torchvision name or timm:NAME)")
+        def make(**kw: Any) -> nn.Module:
+            return tvm.get_model(arch, weights=None, num_classes=num_classes, **kw)
+    else:
+        raise ModelError(f"unknown architecture {arch!r} (small_cnn, efficientnet_lite0, a torchvision name or timm:NAME)")
+    model = make()
+    if not opts:
+        return model
+    takes = set(inspect.signature(type(model).__init__).parameters) - {"self", "num_classes", "args", "kwargs"}
+    unknown = [k for k in opts if k not in takes]
+    if unknown:  # only the model's own parameters: never the builders' loading arguments (checkpoint_path...)
+        raise ModelError(f"{arch}: cannot be built with {_describe({k: opts[k] for k in unknown})} (not a parameter of "
+                         f"{type(model).__name__}; it takes {', '.join(sorted(takes)[:12])}...)")
+    try:
+        return make(**opts)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise ModelError(f"{arch}: cannot be built with {_describe(opts)} ({str(exc).splitlines()[0][:200]})") from None
 
 
 def check_options(options: Mapping[str, object] | None) -> ArchOptions:

@@ -61,25 +61,32 @@ def build(
         _replace_head(model, num_classes, arch)
     else:
         model = registry.architecture(arch, num_classes, opts)
-        if input_size is not None and "img_size" not in opts and _fixed_size(model) not in (None, input_size):
-            opts["img_size"] = input_size  # position embeddings for the training size
+        fixed = _fixed_size(model)
+        if input_size is not None and fixed is not None and fixed[1] != input_size:
+            if fixed[0] in opts:
+                raise ModelError(f"{arch}: --arch-option {fixed[0]}={fixed[1]} and --input-size {input_size} disagree")
+            opts[fixed[0]] = input_size  # position embeddings for the training size
             model = registry.architecture(arch, num_classes, opts)
+            fixed = _fixed_size(model)
         prep = registry.preprocessing_of(arch, model)
-        size = _fixed_size(model)
-        if size is not None:
-            prep = replace(prep, input_size=(size, size))
+        if fixed is not None:
+            prep = replace(prep, input_size=(fixed[1], fixed[1]))
     if input_size is not None:
         prep = replace(prep, input_size=(input_size, input_size))
     return Backbone(model, prep, opts, check_explainable(model, arch, prep))
 
 
-def _fixed_size(model: nn.Module) -> int | None:
-    """The square input side a timm transformer's patch embedding was built for, if fixed."""
+def _fixed_size(model: nn.Module) -> tuple[str, int] | None:
+    """The builder option and square input side a transformer's position embeddings were built
+    for: timm's ``img_size`` (unless dynamic) or torchvision ViT's ``image_size``; else None."""
     embed = getattr(model, "patch_embed", None)
     size = getattr(embed, "img_size", None)
-    if getattr(embed, "dynamic_img_size", False) or not isinstance(size, (tuple, list)) or len(set(size)) != 1:
-        return None
-    return int(size[0])
+    fixed = getattr(embed, "strict_img_size", False) and not getattr(model, "dynamic_img_size", False)
+    if fixed and isinstance(size, (tuple, list)) and len(set(size)) == 1:
+        return "img_size", int(size[0])
+    if isinstance(getattr(model, "image_size", None), int) and isinstance(getattr(model, "conv_proj", None), nn.Module):
+        return "image_size", int(model.image_size)  # type: ignore[arg-type]
+    return None
 
 
 def _replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
@@ -110,6 +117,9 @@ def check_explainable(model: nn.Module, arch: str, prep: Preprocessing) -> bool:
                 maps = ex(torch.zeros(1, 3, h, w), 0).map()
         except (MethodError, LayerError):
             return False
+        except (AssertionError, RuntimeError, ValueError) as exc:  # the model itself refuses the input
+            raise ModelError(f"{arch}: does not run on a {h}x{w} input ({str(exc).splitlines()[0][:160]}); "
+                             "pick another --input-size") from None
         return method != "cam" or maps.shape[-1] * maps.shape[-2] > 1
 
     was_training = model.training

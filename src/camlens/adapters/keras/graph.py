@@ -93,10 +93,10 @@ def spatial(shape: tuple[int | None, ...] | None) -> bool:
 
 def layout_of(model: Any, path: LayerPath) -> Layout | None:
     """A layer's layout, found from the model's graph: ``(N, h, w, C)`` outputs are NHWC
-    (Keras is channels last); ``(N, L, C)`` tokens after a patch embedding are tokens on that
-    embedding's grid, the last ``(N, h, w, C)`` layer before them, with the ``L - h w``
-    (at most :data:`~camlens.core.layouts.MAX_PREFIX`) tokens beyond it first (class tokens).
-    None when neither (state the layout: ``layout="tokens:1"``)."""
+    (Keras is channels last); ``(N, L, C)`` tokens after a patch embedding, of its width ``C``,
+    are tokens on that embedding's grid (the last ``(N, h, w, C)`` layer before them), with the
+    ``L - h w`` (at most :data:`~camlens.core.layouts.MAX_PREFIX`) tokens beyond it first
+    (class tokens). None when neither (state the layout: ``layout="tokens:1"``)."""
     layers = list(walk(model))
     where = [p for p, _ in layers].index(path)
     shape = output_shape(layers[where][1])
@@ -107,12 +107,13 @@ def layout_of(model: Any, path: LayerPath) -> Layout | None:
     if len(shape) != 3 or shape[1] is None:
         return None
     before = [output_shape(layer) for _, layer in layers[:where] if not is_container(layer)]
-    grids = [(int(s[1]), int(s[2])) for s in before if s is not None and spatial(s) and s[1] is not None and s[2] is not None]
+    grids = [s for s in before if s is not None and spatial(s) and None not in s[1:]]
     if not grids:
         return None
-    h, w = grids[-1]
-    prefix = int(shape[1]) - h * w
-    return Layout(TOKENS, prefix, (h, w)) if 0 <= prefix <= MAX_PREFIX else None
+    _, h, w, channels = grids[-1]
+    prefix = int(shape[1]) - int(h) * int(w)  # type: ignore[arg-type]
+    same_width = shape[2] == channels  # the embedding's tokens, not a reshaped (channels, positions) view
+    return Layout(TOKENS, prefix, (int(h), int(w))) if same_width and 0 <= prefix <= MAX_PREFIX else None  # type: ignore[arg-type]
 
 
 def auto_layer(model: Any, backbone: bool = False, head: LayerPath | None = None) -> LayerPath:

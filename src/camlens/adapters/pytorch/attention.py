@@ -45,10 +45,16 @@ def _timm_attention(module: nn.Module) -> bool:
             and all(hasattr(module, a) for a in ("q_norm", "k_norm", "scale", "qkv", "norm", "num_heads")))
 
 
+HF_ATTENTION = ("ViTAttention", "DeiTAttention")
+"""HuggingFace attention classes read: plain softmax(q k^T) attention (no rotary embeddings,
+no grouped keys), so that the probabilities can be recomputed from q_proj/k_proj."""
+
+
 def _hf_attention(module: nn.Module) -> bool:
-    return (type(module).__module__.startswith("transformers.")
+    return (type(module).__module__.startswith("transformers.") and type(module).__name__ in HF_ATTENTION
             and all(isinstance(getattr(module, a, None), nn.Linear) for a in ("q_proj", "k_proj", "v_proj", "o_proj"))
-            and isinstance(getattr(module, "head_dim", None), int) and hasattr(module, "scaling"))
+            and isinstance(getattr(module, "head_dim", None), int) and hasattr(module, "scaling")
+            and module.q_proj.out_features == module.k_proj.out_features == module.v_proj.out_features)  # type: ignore[union-attr]
 
 
 @dataclass
@@ -102,11 +108,21 @@ def token_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     tokens (LeGrad's per-block score): timm ``VisionTransformer`` (``norm``, ``fc_norm``,
     ``head``, the distilled ``head_dist`` averaged in as at inference), torchvision
     ``VisionTransformer`` (``encoder.ln``, ``heads``), HuggingFace ``*ForImageClassification``
-    (the base model's ``layernorm``, ``classifier`` or DeiT's two classifiers).
+    (the base model's ``layernorm``, ``classifier`` or DeiT's two classifiers); the model itself
+    or, when it wraps one, the outermost such module inside it.
 
     Raises:
-        MethodError: another kind of model, or a timm model pooling by attention.
+        MethodError: no such module, or a timm model pooling by attention.
     """
+    for _, module in model.named_modules():
+        head = _head_of(module)
+        if head is not None:
+            return head
+    raise MethodError("LeGrad scores each block through the model's final norm and head; it knows timm and torchvision "
+                      f"VisionTransformer and HuggingFace image classifiers, not {type(model).__name__}")
+
+
+def _head_of(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     if isinstance(getattr(model, "blocks", None), nn.Sequential) and isinstance(getattr(model, "head", None), nn.Module):
         if getattr(model, "global_pool", "token") == "map":
             raise MethodError("LeGrad scores blocks through the classifier; this timm model pools by attention ('map')")
@@ -123,8 +139,7 @@ def token_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     classifiers = [c for c in (getattr(model, n, None) for n in names) if isinstance(c, nn.Module)]
     if base is not model and isinstance(norm, nn.Module) and len(classifiers) == len(names):
         return lambda z: _mean_of([c(norm(z.mean(dim=1))) for c in classifiers])
-    raise MethodError("LeGrad scores each block through the model's final norm and head; it knows timm and torchvision "
-                      f"VisionTransformer and HuggingFace image classifiers, not {type(model).__name__}")
+    return None
 
 
 def _mean_of(scores: list[torch.Tensor]) -> torch.Tensor:
@@ -173,10 +188,18 @@ class AttentionRecord:
         ran = len(self.probabilities) or len(self.outputs)
         if not ran:
             raise MethodError("no attention module ran during the forward pass")
-        if gradients and not (len(self.outputs) == len(self.values) == len(self.to_heads)):
+        if ran != len(self.sites):
+            raise MethodError(f"{len(self.sites)} attention modules ran {ran} times; attention methods need each to run "
+                              "once per forward (one pass of one transformer)")
+        if gradients and not (len(self.outputs) == len(self.values) == len(self.to_heads) == ran):
             raise MethodError("the attention modules ran in an order camlens cannot pair up (outputs and values)")
         if blocks and len(self.tokens) != len(self.outputs):
             raise MethodError(f"LeGrad found {len(self.outputs)} attention outputs but {len(self.tokens)} block outputs")
+        shapes = {tuple(p.shape[-2:]) for p in self.probabilities} | {(v.shape[1], v.shape[1]) for v in self.values}
+        if len(shapes) != 1 or len({*next(iter(shapes))}) != 1:
+            where = ", ".join(s.name for s in self.sites[:3])
+            raise MethodError(f"attention methods read self-attention over one token sequence; the attention of {where}... "
+                              f"has query x key shapes {sorted(shapes)}")
 
     def attention_gradient(self, block: int, grad: torch.Tensor) -> torch.Tensor:
         """``(..., N, heads, L, L)`` :math:`\\partial S/\\partial A` of a block from the
@@ -274,14 +297,17 @@ def record_attention(model: nn.Module, *, probabilities: bool, gradients: bool =
             sl = slice(part * e, (part + 1) * e)
             return F.linear(x.detach(), w[sl], None if b is None else b[sl]).reshape(x.shape[0], x.shape[1], heads, d)
 
-        def before(mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            if not mine() or len(args) < 3:
+        def before(mod: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+            if not mine():
+                return
+            query, key, value = (*args, *(kwargs.get(k) for k in ("query", "key", "value")[len(args):]))[:3]
+            if not all(isinstance(t, torch.Tensor) for t in (query, key, value)):
                 return
             with torch.no_grad():
                 if probabilities:
-                    softmax(project(args[0], 0).transpose(1, 2), project(args[1], 1).transpose(1, 2), 1 / math.sqrt(d))
+                    softmax(project(query, 0).transpose(1, 2), project(key, 1).transpose(1, 2), 1 / math.sqrt(d))  # type: ignore[arg-type]
                 if gradients:
-                    record.values.append(project(args[2], 2))
+                    record.values.append(project(value, 2))  # type: ignore[arg-type]
 
         def after(mod: nn.Module, args: object, out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
             if not mine():
@@ -294,7 +320,7 @@ def record_attention(model: nn.Module, *, probabilities: bool, gradients: bool =
 
             return (add_output(out[0], to_heads), *out[1:])
 
-        handles.append(m.register_forward_pre_hook(before))
+        handles.append(m.register_forward_pre_hook(before, with_kwargs=True))
         if gradients:
             handles.append(m.register_forward_hook(after))
 

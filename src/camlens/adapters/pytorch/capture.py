@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -72,6 +73,7 @@ def forward(
     owner = threading.get_ident()  # hooks ignore forwards that other threads run meanwhile
     size = (int(batch.shape[-2]), int(batch.shape[-1]))
     stated = dict(layouts or {})
+    modules = dict(model.named_modules())
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, out: object) -> object:
@@ -81,7 +83,8 @@ def forward(
             tensor = out[0] if rest is not None else out  # type: ignore[index]
             if not isinstance(tensor, torch.Tensor):
                 raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor; pick another layer")
-            layout = stated.get(name) or layout_of(model, name, module, tuple(tensor.shape), int(batch.shape[0]), size)
+            layout = stated.get(name) or layout_of(model, name, module, tuple(tensor.shape), int(batch.shape[0]), size,
+                                                   modules)
             if layout is None:
                 raise not_feature_maps(name, tuple(tensor.shape), layouts=True)
             try:
@@ -149,29 +152,34 @@ class TorchPass:
         grads = self._vjp(self._scores, inputs, columns, self._names)
         return {name: self._nchw(name, _numpy(g.transpose(0, 1)), 2) for name, g in zip(self._names, grads, strict=True)}
 
-    def attention_gradients(self, columns: np.ndarray, layerwise: bool = False) -> tuple[np.ndarray, ...]:
+    def attention_gradients(self, columns: np.ndarray, layerwise: bool = False) -> Sequence[np.ndarray]:
         """Per block ``(N, k, heads, L, L)`` gradients of the chosen columns with respect to the
-        attention probabilities: of the model's scores, or (``layerwise``) of the scores of each
-        block's mean token through the model's final norm and head (LeGrad)."""
+        attention probabilities: of the model's scores (one backward for every block), or
+        (``layerwise``) of the scores of each block's mean token through the model's final norm
+        and head (LeGrad: one short backward per block). Blocks are computed as they are read,
+        so that only one block's gradients are held at a time."""
         record = self.attention_record
         if record is None:
             raise MethodError("the attention was not captured for gradients")
-        names = [s.name for s in record.sites] if len(record.sites) == len(record.outputs) else \
-            [f"attention {i}" for i in range(len(record.outputs))]
+        names = [s.name for s in record.sites]
         if not layerwise:
             grads = self._vjp(self._scores, record.outputs, columns, names)
-            return tuple(_numpy(record.attention_gradient(i, g).transpose(0, 1)) for i, g in enumerate(grads))
+            return Blocks(len(grads), lambda i: _numpy(record.attention_gradient(i, grads[i]).transpose(0, 1)))
         if self.output.kind != SCORES:
             raise MethodError(f"LeGrad scores each block through the classifier; this model's output is {self.output.kind}")
+        if any(self._columns[int(c)].kind == "score" for c in columns):
+            raise MethodError("LeGrad scores each block's tokens through the model's head; a Score function of the model's "
+                              "own output cannot score them (use Class, Probability, Sigmoid or Similarity targets)")
         head = token_head(record.model)
-        out = []
-        with torch.inference_mode(False), torch.enable_grad():
-            for i, tokens in enumerate(record.tokens):
-                raw = head(tokens)
+
+        def block(i: int) -> np.ndarray:
+            with torch.inference_mode(False), torch.enable_grad():
+                raw = head(record.tokens[i])
                 scores = tg.score(self._columns, canonical(raw, None, self._capture.input_size, raw.device))
                 (grad,) = self._vjp(scores, [record.outputs[i]], columns, [names[i]])
-                out.append(_numpy(record.attention_gradient(i, grad).transpose(0, 1)))
-        return tuple(out)
+                return _numpy(record.attention_gradient(i, grad).transpose(0, 1))
+
+        return Blocks(len(record.tokens), block)
 
     def _vjp(self, scores: torch.Tensor, inputs: list[torch.Tensor], columns: np.ndarray, names: list[str]) -> list[torch.Tensor]:
         """Per input, ``(k, N, ...)`` gradients of the ``k`` chosen columns of ``scores``: one
@@ -245,6 +253,34 @@ class TorchPass:
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
+
+
+class Blocks(Sequence[np.ndarray]):
+    """A read-only sequence whose item ``i`` is computed by ``compute(i)`` when read (the last
+    one read is kept, so that ``blocks[0]`` then a loop computes it once)."""
+
+    def __init__(self, count: int, compute: Callable[[int], np.ndarray]) -> None:
+        self._count, self._compute = count, compute
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        i = index + self._count if index < 0 else index
+        if not 0 <= i < self._count:
+            raise IndexError(index)
+        if self._last is None or self._last[0] != i:
+            self._last = (i, self._compute(i))
+        return self._last[1]
 
 
 def hessian_vector(grad: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:

@@ -14,7 +14,7 @@ from camlens.adapters.pytorch import capture as cap
 from camlens.adapters.pytorch.attention import AttentionRecord, record_attention
 from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
-from camlens.adapters.pytorch.layouts import model_prefix
+from camlens.adapters.pytorch.layouts import model_prefix, owner_of
 from camlens.adapters.pytorch.outputs import canonical
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
@@ -207,14 +207,16 @@ def _attention_maps(model: nn.Module, record: AttentionRecord, fwd: cap.ForwardC
     """The captured attention with the token layout it belongs to: the first target layer's
     prefix when it is a token layer, else the model's own (timm, torchvision metadata)."""
     layout = next(iter(fwd.layouts.values()))
-    prefix = layout.prefix if layout.kind == TOKENS else (model_prefix(model) or 0)
+    owner = owner_of(model, record.sites[0].name, dict(model.named_modules()))
+    prefix = layout.prefix if layout.kind == TOKENS else (model_prefix(owner) or 0)
     tokens = int(record.probabilities[-1].shape[-1]) if record.probabilities else int(record.values[-1].shape[1])
     grid = token_grid(tokens - prefix, fwd.input_size)
     if grid is None:
         raise MethodError(f"the attention's {tokens} tokens ({prefix} prefix) form no grid")
     blocks = len(record.probabilities) or len(record.outputs)
     heads = int(record.probabilities[-1].shape[1]) if record.probabilities else int(record.values[-1].shape[2])
-    return AttentionMaps(tuple(record.probabilities), prefix, grid, blocks, heads)
+    width = int(record.values[-1].shape[2] * record.values[-1].shape[3]) if record.values else 0
+    return AttentionMaps(tuple(record.probabilities), prefix, grid, blocks, heads, width)
 
 
 def uncompiled(model: nn.Module) -> nn.Module:

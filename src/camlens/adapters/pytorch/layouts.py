@@ -84,12 +84,27 @@ def inside_attention(name: str, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
+def owner_of(model: nn.Module, name: str, modules: dict[str, nn.Module]) -> nn.Module:
+    """The innermost module around ``name`` that carries a transformer's metadata (prefix
+    tokens, a patch size, channels-last features), else ``model``: so that a timm, torchvision
+    or HuggingFace model wrapped in the user's own module keeps its layouts."""
+    parts = name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        m = modules.get(".".join(parts[:end]))
+        if m is not None and (model_prefix(m) is not None or _hf_patch(m) or channels_last_model(m)):
+            return m
+    return model
+
+
 def layout_of(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, ...], batch: int,
               input_size: tuple[int, int], modules: dict[str, nn.Module] | None = None) -> Layout | None:
     """The layout of ``module``'s output of ``shape`` for a batch of ``batch`` inputs of
-    ``input_size``, or None when it holds no feature map."""
-    if not shape or shape[0] != batch or (modules is not None and inside_attention(name, modules)):
+    ``input_size``, or None when it holds no feature map. Metadata comes from the innermost
+    module around it that has some (:func:`owner_of`)."""
+    modules = dict(model.named_modules()) if modules is None else modules
+    if not shape or shape[0] != batch or inside_attention(name, modules):
         return None
+    model = owner_of(model, name, modules)
     if len(shape) == 4:
         if isinstance(module, _CHANNELS_FIRST):
             return Layout(NCHW)  # PyTorch's 2-D convolutions, batch norms and poolings are channels first, always
