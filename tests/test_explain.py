@@ -67,11 +67,17 @@ def test_features_of_a_layer(lens: Lens) -> None:
 
 
 def test_an_explanation_shows_itself_in_jupyter(lens) -> None:  # type: ignore[no-untyped-def]
+    from camlens.explain import Prediction
     from camlens.samples import sample_image
 
     exp = lens.explain([sample_image("coffee")], "gradcam")[0][0]
     png = exp._repr_png_()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    page = exp._repr_html_()
+    assert page.startswith("<div><img src=\"data:image/png;base64,") and page.count("<tr>") == 1 + len(exp.predictions)
+    assert "espresso" in page and f"{exp.predictions[0].probability:.1%}" in page
+    exp.predictions[0] = Prediction(exp.predictions[0].index, "<script>alert(1)</script>", 0.5)
+    assert "<script>" not in exp._repr_html_() and "&lt;script&gt;" in exp._repr_html_()
 
 
 def test_a_class_and_its_probability_are_two_explanations_with_their_own_names(tiny) -> None:  # type: ignore[no-untyped-def]

@@ -203,6 +203,22 @@ class Explanation:
         self.panel().save(buffer, format="PNG")
         return buffer.getvalue()
 
+    def _repr_html_(self) -> str:
+        """The panel and the table of the top predictions, for Jupyter (every text escaped)."""
+        import base64
+        from html import escape
+
+        image = base64.b64encode(self._repr_png_()).decode("ascii")
+        rows = "".join(
+            f"<tr><td>{p.index}</td><td>{escape(p.label)}</td>"
+            f"<td>{'' if p.probability is None else f'{p.probability:.1%}'}</td></tr>"
+            for p in self.predictions
+        )
+        return (f'<div><img src="data:image/png;base64,{image}" alt="{escape(self.title)}"/>'
+                f"<p>{escape(self.source)}: {escape(self.title)}</p>"
+                f"<table><thead><tr><th>class</th><th>label</th><th>probability</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table></div>")
+
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
             "source": self.source,
