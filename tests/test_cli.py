@@ -217,3 +217,20 @@ def test_readme_methods_table_is_the_registrys() -> None:
     table = camlens("methods", "--markdown").stdout.strip()
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert table.count("\n") > 10 and table in readme
+
+
+def test_a_huge_image_is_read_within_the_pixel_budget(tmp_path: Path) -> None:
+    from PIL import ImageDraw
+
+    big = Image.new("1", (4000, 3000), 0)
+    ImageDraw.Draw(big).ellipse((1000, 700, 3000, 2300), fill=1)
+    big.save(tmp_path / "big.png")
+    result = camlens("--max-pixels", "1000000", "explain", tmp_path / "big.png", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "4000x3000 (12.0 MP) is over the 1.0 MP budget; read at 1154x865" in warning[0]
+    assert "DecompressionBomb" not in result.stderr and "warnings.warn" not in result.stderr
+    (overlay,) = (tmp_path / "out").glob("*.png")
+    assert Image.open(overlay).size == (1154, 865)
+    bad = camlens("--max-pixels", "10", "explain", tmp_path / "big.png", "--out", tmp_path / "o2")
+    assert bad.returncode == 2 and "--max-pixels must be at least 4096" in bad.stderr

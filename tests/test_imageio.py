@@ -137,3 +137,53 @@ def test_fifos_are_refused_not_read(tmp_path: Path) -> None:
     assert [p.name for p in find_images(tmp_path)] == ["ok.png"]
     with pytest.raises(ImageError, match="x.jpg: not a regular file"):
         read_image(tmp_path / "x.jpg")
+
+
+def test_images_over_the_pixel_budget_are_read_downscaled(tmp_path: Path) -> None:
+    from PIL import ImageDraw
+
+    from camlens.imageio import ImageReducedWarning
+
+    bilevel = Image.new("1", (3000, 2000), 0)
+    ImageDraw.Draw(bilevel).rectangle((0, 0, 1499, 1999), fill=1)  # white left half
+    bilevel.save(tmp_path / "big.png")
+    with pytest.warns(ImageReducedWarning, match=r"big.png: 3000x2000 \(6.0 MP\) is over the 1.0 MP budget; read at"):
+        img = read_image(tmp_path / "big.png", max_pixels=1_000_000)
+    assert img.mode == "RGB" and img.width * img.height <= 1_000_000 and abs(img.width / img.height - 1.5) < 0.01
+    arr = np.asarray(img)
+    assert arr[:, : img.width // 2 - 2].min() == 255 and arr[:, img.width // 2 + 2 :].max() == 0  # the halves kept
+    rng = np.random.default_rng(1)
+    photo = np.repeat(np.repeat(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), 50, axis=0), 50, axis=1)
+    Image.fromarray(photo).save(tmp_path / "big.jpg", quality=95)  # 3000x2000
+    with pytest.warns(ImageReducedWarning):
+        small = read_image(tmp_path / "big.jpg", max_pixels=400_000)
+    assert small.width * small.height <= 400_000 and abs(small.width / small.height - 1.5) < 0.02
+    blocks = np.asarray(small.resize((60, 40), Image.Resampling.BOX)).astype(int)
+    assert np.abs(blocks - photo[25::50, 25::50]).mean() < 12  # the same picture, smaller
+    assert read_image(tmp_path / "big.jpg").size == (3000, 2000)  # within the default budget: untouched
+
+
+def test_colorize_is_matplotlibs_colormap_without_float_copies() -> None:
+    import matplotlib
+
+    from camlens.render import colorize
+
+    heat = np.random.default_rng(2).random((64, 48)).astype(np.float32)
+    heat[0, :4] = (0.0, 1.0, -0.5, 1.5)
+    for name in ("jet", "viridis", "gray"):
+        expected = (matplotlib.colormaps[name](np.clip(heat, 0, 1))[..., :3] * 255 + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(np.asarray(colorize(heat, name)), expected)
+
+
+def test_boxes_follow_a_downscaled_image(tmp_path: Path) -> None:
+    from camlens.evaluation.boxes import Box
+    from camlens.evaluation.run import Item
+    from camlens.imageio import ORIGINAL_SIZE, ImageReducedWarning
+
+    Image.new("RGB", (4000, 2000), "white").save(tmp_path / "wide.png")
+    with pytest.warns(ImageReducedWarning):
+        img = read_image(tmp_path / "wide.png", max_pixels=500_000)
+    assert img.info[ORIGINAL_SIZE] == (4000, 2000)
+    (box,) = Item(tmp_path / "wide.png", 0, [Box(400, 200, 2000, 1000)]).boxes_on(img)
+    scale = img.width / 4000
+    assert (box.xmin, box.ymin, box.xmax, box.ymax) == pytest.approx((400 * scale, 200 * scale, 2000 * scale, 1000 * scale), rel=1e-2)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath
 from typing import BinaryIO
@@ -21,11 +23,44 @@ MAX_NAME_BYTES = 200
 temporary ``.NAME.XXXXXXXX.part`` name that :func:`write_atomic` writes first."""
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB, upright.
+MAX_PIXELS = 25_000_000
+"""Default pixel budget of :func:`read_image` (a 6000x4000 photo fits): larger images are read
+downscaled, so that maps, overlays and panels stay bounded in memory."""
+
+_max_pixels = int(os.environ.get("CAMLENS_MAX_PIXELS", MAX_PIXELS))
+
+
+def set_max_pixels(pixels: int) -> None:
+    """Set the pixel budget of :func:`read_image` for this process (the CLI's ``--max-pixels``;
+    the ``CAMLENS_MAX_PIXELS`` environment variable sets the default).
+
+    Raises:
+        CamlensError: fewer than 4096 pixels.
+    """
+    global _max_pixels
+    if pixels < 4096:
+        raise CamlensError(f"--max-pixels must be at least 4096, got {pixels}")
+    _max_pixels = int(pixels)
+
+
+ORIGINAL_SIZE = "camlens_original_size"
+"""Key of ``Image.info`` holding a downscaled image's original ``(width, height)``."""
+
+
+class ImageReducedWarning(UserWarning):
+    """An image was larger than the pixel budget and was read downscaled."""
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open an image as 8-bit RGB, upright, at most ``max_pixels`` pixels.
 
     JPEG, PNG, WebP, BMP, TIFF and GIF (first frame) are read; EXIF orientation is applied;
     grayscale, palette, CMYK and 16-bit images become RGB; transparency is composited on white.
+    An image of more pixels than ``max_pixels`` (default :func:`set_max_pixels`'s, else
+    :data:`MAX_PIXELS`) is read downscaled to fit, keeping its aspect ratio: JPEG through the
+    decoder's own reduction (never decoded whole), others reduced in their own mode before any
+    RGB copy; an :class:`ImageReducedWarning` says so in one line, and ``info[ORIGINAL_SIZE]``
+    keeps the original size (so that boxes drawn on the original are rescaled).
 
     Raises:
         ImageError: missing file, not an image, or truncated/corrupt data; the message names
@@ -38,18 +73,53 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{p}: is a folder, not an image")
     if not p.is_file():  # a FIFO, socket or device would block or stream forever
         raise ImageError(f"{p}: not a regular file")
+    budget = _max_pixels if max_pixels is None else int(max_pixels)
     try:
-        with Image.open(p) as img:
-            img.seek(0)
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return to_rgb(upright)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget bounds the memory
+            with Image.open(p) as img:
+                img.seek(0)
+                width, height = img.size
+                if width * height > budget and img.format == "JPEG":
+                    scale = math.sqrt(budget / (width * height))
+                    img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+                img.load()
+                rgb = to_rgb(ImageOps.exif_transpose(_within(img, budget)))
     except UnidentifiedImageError as exc:
         raise ImageError(f"{p}: not an image, or a format camlens cannot read") from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{p}: image too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{p}: truncated or corrupt image ({exc})") from exc
+    if rgb.width * rgb.height < width * height:
+        rgb.info[ORIGINAL_SIZE] = (width, height)
+        warnings.warn(f"{p}: {width}x{height} ({width * height / 1e6:.1f} MP) is over the {budget / 1e6:.1f} MP "
+                      f"budget; read at {rgb.width}x{rgb.height} (--max-pixels to change it)",
+                      ImageReducedWarning, stacklevel=2)
+    return rgb
+
+
+def _within(img: Image.Image, budget: int) -> Image.Image:
+    """``img`` scaled down to at most ``budget`` pixels, else ``img`` itself: first reduced by
+    an integer factor (box filter, in its own mode; bilevel and palette images first become
+    8-bit gray or RGBA), then resized (Lanczos) the rest of the way."""
+    width, height = img.size
+    if width * height <= budget:
+        return img
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode == "P":
+        img = img.convert("RGBA")
+    elif img.mode not in {"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK"}:
+        img = img.convert("RGBA" if "A" in img.mode else "RGB")
+    factor = math.isqrt(width * height // budget)
+    if factor > 1:
+        img = img.reduce(factor)
+    if img.width * img.height > budget:
+        scale = math.sqrt(budget / (img.width * img.height))
+        img = img.resize((max(1, math.floor(img.width * scale)), max(1, math.floor(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+    return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -43,8 +43,11 @@ def check_alpha(alpha: float) -> float:
 def colorize(heatmap: np.ndarray, colormap: str = "jet") -> Image.Image:
     """RGB image of a ``(H, W)`` map in [0, 1] through a matplotlib colormap."""
     cmap = matplotlib.colormaps[check_colormap(colormap)]
-    rgba = cmap(np.clip(heatmap, 0.0, 1.0))
-    return Image.fromarray((rgba[..., :3] * 255.0 + 0.5).astype(np.uint8))
+    lut = (cmap(np.arange(cmap.N))[:, :3] * 255.0 + 0.5).astype(np.uint8)  # the colormap's own N colours
+    index = np.empty(heatmap.shape, dtype=np.uint16)  # matplotlib's binning: floor(x N), 1.0 in the last bin
+    np.multiply(np.clip(heatmap, 0.0, 1.0), cmap.N, out=index, casting="unsafe")
+    np.minimum(index, cmap.N - 1, out=index)
+    return Image.fromarray(lut[index])  # uint8 all the way: no float RGBA copy of a large image
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
@@ -63,6 +66,11 @@ def panel(
     from matplotlib.figure import Figure
 
     aspect = image.width / image.height
+    drawn = (math.ceil(2 * 320 * aspect), 2 * 320)  # twice each view's size on the figure: no gigapixel float copies
+    if image.width > drawn[0] or image.height > drawn[1]:
+        image = image.copy()
+        image.thumbnail(drawn, Image.Resampling.LANCZOS)
+        heatmap = np.clip(upsample(heatmap, (image.height, image.width)), 0.0, 1.0)
     fig = Figure(figsize=(3 * 3.2 * aspect + 0.4, 3.2 + (0.5 if title else 0.1)), dpi=100)
     axes = fig.subplots(1, 3)
     views = [(image, "image"), (colorize(heatmap, colormap), "heatmap"), (overlay(image, heatmap, colormap, alpha), "overlay")]

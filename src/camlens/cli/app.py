@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -281,10 +282,22 @@ def demo(
 
 from camlens.cli import evaluation, training  # noqa: E402,F401  (register their commands after these)
 
+_DEFAULT_SHOWWARNING = warnings.showwarning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: object = None, line: str | None = None) -> None:
+    """camlens' own warnings (a downscaled image, a model in training mode) as one line."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parents[1]) or category.__module__.startswith("camlens"):
+        err_console.print(f"warning: {for_cli(str(message))}", soft_wrap=True)
+    else:
+        _DEFAULT_SHOWWARNING(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
+
 
 def main() -> None:
     """Entry point. Errors print one line, no traceback: unreadable images exit 1, other input
     errors (:class:`CamlensError`) 2, anything else 3 (``CAMLENS_DEBUG=1`` shows its traceback)."""
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except ImageError as exc:

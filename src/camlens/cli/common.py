@@ -26,6 +26,19 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _settings(
+    max_pixels: Annotated[int | None, typer.Option(
+        "--max-pixels", help="Read larger images downscaled to this many pixels (default 25000000; also "
+                             "CAMLENS_MAX_PIXELS), so that maps and overlays stay bounded in memory.")] = None,
+) -> None:
+    """Options for every command (before the command's name)."""
+    if max_pixels is not None:
+        from camlens.imageio import set_max_pixels
+
+        set_max_pixels(max_pixels)
+
+
 def printable(text: str) -> str:
     """``text`` with every control or format character (terminal escape sequences, newlines,
     bidi overrides) shown as a visible ``\\xNN`` / ``\\uNNNN`` escape, tabs kept."""

@@ -66,7 +66,7 @@ def localize(
     """
     from camlens import render
     from camlens.evaluation.boxes import best_iou, boxes_from_map
-    from camlens.imageio import output_path, read_image, safe_part, save_image, unique_stems, write_atomic
+    from camlens.imageio import ORIGINAL_SIZE, output_path, read_image, safe_part, save_image, unique_stems, write_atomic
 
     if not 0.0 <= threshold <= 1.0 or not 0.0 <= min_area <= 1.0:
         raise CamlensError("--threshold and --min-area must be between 0 and 1")
@@ -99,6 +99,9 @@ def localize(
             explained = lens.explain([p for _, p in pictures], methods, layer, target or None) if pictures else []
             for (path, picture), exps in zip(pictures, explained, strict=True):
                 true_boxes = truth.for_image(path, root) if truth is not None else None
+                if true_boxes and ORIGINAL_SIZE in picture.info:  # read downscaled: boxes are in the file's pixels
+                    width, height = picture.info[ORIGINAL_SIZE]
+                    true_boxes = [b.scaled(picture.width / width, picture.height / height) for b in true_boxes]
                 record: dict[str, object] = {"source": str(path), "size": [picture.width, picture.height],
                                              "true_boxes": [b.to_dict() for b in true_boxes or []], "maps": []}
                 planned = []

@@ -11,8 +11,10 @@ def normalize(maps: np.ndarray) -> np.ndarray:
     maps = np.asarray(maps, dtype=np.float32)
     lo = maps.min(axis=(-2, -1), keepdims=True)
     span = maps.max(axis=(-2, -1), keepdims=True) - lo
-    safe = np.where(span > 0, span, 1.0)
-    return np.where(span > 0, (maps - lo) / safe, 0.0).astype(np.float32)
+    out = maps - lo  # one new array, then in place: a map as large as a big photo is copied once
+    out /= np.where(span > 0, span, 1.0)
+    out *= span > 0
+    return out
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

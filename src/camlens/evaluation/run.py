@@ -20,7 +20,7 @@ from camlens.evaluation.annotations import Annotations
 from camlens.evaluation.boxes import Box
 from camlens.evaluation.localization import LocalizationMeter, LocalizationProtocol, localize
 from camlens.explain import Lens
-from camlens.imageio import find_images, read_image
+from camlens.imageio import ORIGINAL_SIZE, find_images, read_image
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,13 @@ class Item:
     size: tuple[int, int] | None = None
 
     def boxes_on(self, image: Image.Image) -> list[Box]:
-        """The true boxes in ``image``'s pixel coordinates."""
+        """The true boxes in ``image``'s pixel coordinates (drawn on ``size``, else on the
+        file's own size, which a downscaled read keeps in ``image.info``)."""
         boxes = self.boxes or []
-        if self.size is None or self.size == image.size:
+        drawn = self.size or image.info.get(ORIGINAL_SIZE)
+        if drawn is None or tuple(drawn) == image.size:
             return boxes
-        return [b.scaled(image.width / self.size[0], image.height / self.size[1]) for b in boxes]
+        return [b.scaled(image.width / drawn[0], image.height / drawn[1]) for b in boxes]
 
 
 @dataclass
