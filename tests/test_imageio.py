@@ -186,4 +186,5 @@ def test_boxes_follow_a_downscaled_image(tmp_path: Path) -> None:
     assert img.info[ORIGINAL_SIZE] == (4000, 2000)
     (box,) = Item(tmp_path / "wide.png", 0, [Box(400, 200, 2000, 1000)]).boxes_on(img)
     scale = img.width / 4000
-    assert (box.xmin, box.ymin, box.xmax, box.ymax) == pytest.approx((400 * scale, 200 * scale, 2000 * scale, 1000 * scale), rel=1e-2)
+    expected = (400 * scale, 200 * scale, 2000 * scale, 1000 * scale)
+    assert (box.xmin, box.ymin, box.xmax, box.ymax) == pytest.approx(expected, rel=1e-2)
