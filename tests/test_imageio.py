@@ -188,3 +188,14 @@ def test_boxes_follow_a_downscaled_image(tmp_path: Path) -> None:
     scale = img.width / 4000
     expected = (400 * scale, 200 * scale, 2000 * scale, 1000 * scale)
     assert (box.xmin, box.ymin, box.xmax, box.ymax) == pytest.approx(expected, rel=1e-2)
+
+
+def test_a_downscaled_16_bit_image_keeps_its_range(tmp_path: Path) -> None:
+    from camlens.imageio import ImageReducedWarning
+
+    arr = np.full((1200, 1600), 65535 // 2, dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    with pytest.warns(ImageReducedWarning):
+        img = read_image(tmp_path / "deep.png", max_pixels=100_000)
+    np.testing.assert_allclose(np.asarray(img).mean(), 127.5, atol=1.0)  # mid-gray, not saturated white

@@ -108,6 +108,8 @@ def _within(img: Image.Image, budget: int) -> Image.Image:
         return img
     if img.mode == "1":
         img = img.convert("L")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")  # keeps the 16-bit range, which to_rgb scales
     elif img.mode == "P":
         img = img.convert("RGBA")
     elif img.mode not in {"L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK"}:
