@@ -1,1 +1,1 @@
-"""Training CAM-ready classifiers (a backbone, global average pooling, one linear layer)."""
+"""Training classifiers: CAM-ready ones (a backbone, global average pooling, one linear layer) or any other (a ViT)."""
