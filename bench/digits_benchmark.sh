@@ -10,8 +10,7 @@ out="${1:-runs/digits-benchmark}"
 seed="${SEED:-0}"
 camlens=${CAMLENS:-camlens}
 
-$camlens data digits-canvas --out "$out/data" --train-per-class 300 --test-per-class 30 --size 64 \
-    --digit-min 20 --digit-max 40 --clutter 4 --seed "$seed"
+bash "$(dirname "$0")/digits_data.sh" "$out/data" "$seed"
 $camlens train "$out/data/train" --out "$out/model.pt" --arch small_cnn --epochs 15 --lr 3e-3 --seed "$seed" --device cpu
 # pointing-game slack: Zhang et al.'s 15 px on ~224 px images is 4 px on these 64 px canvases
 $camlens evaluate "$out/data/test" --boxes "$out/data/boxes.csv" --model "$out/model.pt" \

@@ -12,8 +12,7 @@ out="${1:-runs/digits-vit}"
 seed="${SEED:-0}"
 camlens=${CAMLENS:-camlens}
 
-$camlens data digits-canvas --out "$out/data" --train-per-class 300 --test-per-class 30 --size 64 \
-    --digit-min 20 --digit-max 40 --clutter 4 --seed "$seed"
+bash "$(dirname "$0")/digits_data.sh" "$out/data" "$seed"
 $camlens train "$out/data/train" --out "$out/vit.pt" --arch timm:vit_tiny_patch16_224 --no-pretrained \
     --input-size 64 --arch-option patch_size=8 --arch-option depth=4 --arch-option embed_dim=128 \
     --arch-option num_heads=4 --epochs 30 --warmup 3 --lr 1e-3 --weight-decay 0.05 --patience 8 \

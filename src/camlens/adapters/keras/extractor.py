@@ -82,10 +82,9 @@ class KerasExplainer:
             return
         from camlens.adapters.keras.graph import walk
 
-        paths = [p for p, _ in walk(self.model)]
-        first = min(paths.index(p) for p in self.paths)
-        norms = [p for p, layer in walk(self.model) if isinstance(layer, keras.layers.LayerNormalization)
-                 and paths.index(p) > first]
+        layers = list(walk(self.model))
+        first = min(i for i, (p, _) in enumerate(layers) if p in self.paths)
+        norms = [p for p, layer in layers[first + 1:] if isinstance(layer, keras.layers.LayerNormalization)]
         if norms:
             raise MethodError(f"second-order gradients (Shapley-CAM) through LayerNormalization ({name_of(norms[0])}) are "
                               "wrong on the TensorFlow backend; use KERAS_BACKEND=jax or torch, or a first-order method")
