@@ -28,3 +28,12 @@ class TargetError(CamlensError):
 
 class MethodError(CamlensError):
     """A CAM method is unknown, or cannot be applied to this model or layer."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM stopped the process (not an input error: a :class:`BaseException`, so
+    that nothing in between mistakes it for a failure). ``signal`` is the signal's number."""
+
+    def __init__(self, signal: int) -> None:
+        super().__init__(signal)
+        self.signal = signal

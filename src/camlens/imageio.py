@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import BinaryIO
 
@@ -20,7 +21,7 @@ from camlens.errors import CamlensError, ImageError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 MAX_NAME_BYTES = 200
 """Longest output file name, in UTF-8 bytes: under the usual 255-byte limit with room for the
-temporary ``.NAME.XXXXXXXX.part`` name that :func:`write_atomic` writes first."""
+temporary ``.NAME.camlensPID-XXXXXXXX.part`` name that :func:`write_atomic` writes first."""
 
 
 MAX_PIXELS = 25_000_000
@@ -146,39 +147,142 @@ def find_images(root: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def write_atomic(dest: Path, write: Callable[[BinaryIO], object], overwrite: bool = False) -> Path:
-    """Write a file via a temporary file in the same folder, then move it into place.
+_PART = re.compile(r"\.camlens(\d+)-[^./]*\.(part|journal)$")
+"""Names of :func:`write_atomic`'s temporary files and :func:`write_group`'s journals: they
+carry the writing process' id, so that a later run knows a dead writer's leftovers."""
 
-    Without ``overwrite`` an existing ``dest`` is never replaced (the move is a hard link, which
-    fails if the name exists). A failure leaves no partial file behind.
 
-    Raises:
-        CamlensError: ``dest`` exists and ``overwrite`` is False, or the write failed.
-    """
-    if dest.exists() and not overwrite:
-        raise CamlensError(f"{dest}: exists; pass --overwrite to replace it")
+def _temporary(dest: Path, suffix: str = ".part") -> tuple[int, Path]:
+    """A new hidden temporary file next to ``dest``, named for this process (see :data:`_PART`)."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.camlens{os.getpid()}-", suffix=suffix, dir=dest.parent)
     except OSError as exc:
         raise CamlensError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
-    tmp = Path(tmp_name)
+    return fd, Path(name)
+
+
+def _write_part(dest: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``write`` into a new temporary file next to ``dest``; the file is removed if it fails."""
+    fd, tmp = _temporary(dest)
     try:
         os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CamlensError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+        raise
+    return tmp
+
+
+def _place(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Move a written temporary file to its name: replacing, or (a hard link) never."""
+    try:
         if overwrite:
             os.replace(tmp, dest)
         else:
-            try:
-                os.link(tmp, dest)
-            except FileExistsError as exc:
-                raise CamlensError(f"{dest}: exists; pass --overwrite to replace it") from exc
+            os.link(tmp, dest)
+    except FileExistsError as exc:
+        raise CamlensError(f"{dest}: exists; pass --overwrite to replace it") from exc
     except OSError as exc:
         raise CamlensError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+
+
+def write_atomic(dest: Path, write: Callable[[BinaryIO], object], overwrite: bool = False) -> Path:
+    """Write a file via a temporary file in the same folder, then move it into place.
+
+    Without ``overwrite`` an existing ``dest`` is never replaced (the move is a hard link, which
+    fails if the name exists). A failure or an interruption leaves no partial file behind; a
+    killed process' temporary file is removed by the next :func:`clean_leftovers`.
+
+    Raises:
+        CamlensError: ``dest`` exists and ``overwrite`` is False, or the write failed.
+    """
+    return write_group([(dest, write)], overwrite)[0]
+
+
+def write_group(files: Sequence[tuple[Path, Callable[[BinaryIO], object]]], overwrite: bool = False) -> list[Path]:
+    """Write several files as one: all of them appear, or none does.
+
+    Each file is written to a temporary file first (a failing ``write``, e.g. a rendering
+    error, or Ctrl-C leaves nothing); then a journal listing the moves is written and the
+    files are moved into place. If the process is killed while moving, the next
+    :func:`clean_leftovers` finishes the moves from the journal, so a group is never left half
+    there. Names that exist are refused up front unless ``overwrite``.
+
+    Raises:
+        CamlensError: a name exists and ``overwrite`` is False, or a write failed.
+    """
+    if not overwrite:
+        for dest, _ in files:
+            if dest.exists():
+                raise CamlensError(f"{dest}: exists; pass --overwrite to replace it")
+    parts: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    journal: Path | None = None
+    try:
+        for dest, write in files:
+            parts.append((_write_part(dest, write), dest))
+        if len(parts) > 1:
+            moves = [[os.path.relpath(tmp, parts[0][1].parent), os.path.relpath(dest, parts[0][1].parent)]
+                     for tmp, dest in parts]
+            record = json.dumps({"overwrite": overwrite, "moves": moves}).encode()
+            journal = parts[0][1].parent / f".camlens{os.getpid()}-{os.urandom(4).hex()}.journal"
+            _place(_write_part(journal, lambda fh: fh.write(record)), journal, True)
+        for tmp, dest in parts:
+            _place(tmp, dest, overwrite)
+            placed.append(dest)
+    except BaseException:
+        if not overwrite:  # hard links: the names this group made are its own
+            for dest in placed:
+                dest.unlink(missing_ok=True)
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+        for tmp, _ in parts:
+            tmp.unlink(missing_ok=True)
+        if journal is not None:
+            journal.unlink(missing_ok=True)
+    return [dest for _, dest in parts]
+
+
+def clean_leftovers(folder: Path) -> int:
+    """Finish or remove what killed camlens processes left under ``folder``; return the count.
+
+    A journal of a dead process (see :func:`write_group`) has its moves finished, so that its
+    group of files is whole; then its temporary files are removed. Files of live processes
+    (another run writing here) are left alone. Temporary files never count as outputs: they are
+    hidden and end in ``.part``.
+    """
+    if not folder.is_dir():
+        return 0
+    found = [p for p in folder.rglob(".*") if (m := _PART.search(p.name)) and not _alive(int(m[1]))]
+    for journal in (p for p in found if p.suffix == ".journal"):
+        try:
+            record = json.loads(journal.read_text())
+            for tmp_name, dest_name in record["moves"]:
+                tmp, dest = journal.parent / tmp_name, journal.parent / dest_name
+                if tmp.exists() and (record["overwrite"] or not dest.exists()):
+                    (os.replace if record["overwrite"] else os.link)(tmp, dest)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an unreadable journal was not yet complete: its moves had not started
+    for p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _umask() -> int:
@@ -187,19 +291,38 @@ def _umask() -> int:
     return mask
 
 
-def save_image(img: Image.Image, dest: Path, overwrite: bool = False) -> Path:
-    """Save a PIL image atomically; format from the suffix (PNG, JPEG, WebP...)."""
+def image_writer(dest: Path, image: Image.Image | Callable[[], Image.Image]) -> Callable[[BinaryIO], None]:
+    """A writer for :func:`write_group`: ``image`` (or the one ``image()`` renders, at write
+    time) encoded in the format of ``dest``'s suffix (PNG, JPEG, WebP...).
+
+    Raises:
+        CamlensError: the suffix is not an image format.
+    """
     fmt = Image.registered_extensions().get(dest.suffix.lower())
     if fmt is None:
         raise CamlensError(f"{dest}: unknown image format {dest.suffix!r}; use .png or .jpg")
-    rgb = img.convert("RGB") if fmt == "JPEG" else img
     options = {"quality": 95} if fmt in {"JPEG", "WEBP"} else {}
-    return write_atomic(dest, lambda fh: rgb.save(fh, format=fmt, **options), overwrite)
+
+    def write(fh: BinaryIO) -> None:
+        img = image() if callable(image) else image
+        (img.convert("RGB") if fmt == "JPEG" else img).save(fh, format=fmt, **options)
+
+    return write
+
+
+def array_writer(arr: np.ndarray) -> Callable[[BinaryIO], None]:
+    """A writer for :func:`write_group`: ``arr`` as ``.npy``."""
+    return lambda fh: np.save(fh, arr)
+
+
+def save_image(img: Image.Image, dest: Path, overwrite: bool = False) -> Path:
+    """Save a PIL image atomically; format from the suffix (PNG, JPEG, WebP...)."""
+    return write_atomic(dest, image_writer(dest, img), overwrite)
 
 
 def save_array(arr: np.ndarray, dest: Path, overwrite: bool = False) -> Path:
     """Save a NumPy array as ``.npy`` atomically."""
-    return write_atomic(dest, lambda fh: np.save(fh, arr), overwrite)
+    return write_atomic(dest, array_writer(arr), overwrite)
 
 
 def safe_part(text: str) -> str:

@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import FrameType
+from typing import BinaryIO
 
 import numpy as np
+from PIL import Image
 
 from camlens import render
 from camlens.errors import CamlensError, ImageError, TargetError
 from camlens.explain import Explanation, Lens, Prediction, TargetSpec
-from camlens.imageio import output_path, read_image, safe_part, save_array, save_image, unique_stems, write_atomic
+from camlens.imageio import (
+    array_writer,
+    clean_leftovers,
+    image_writer,
+    output_path,
+    read_image,
+    safe_part,
+    unique_stems,
+    write_atomic,
+    write_group,
+)
+
+Writer = Callable[[BinaryIO], object]
 
 
 @dataclass(frozen=True)
@@ -42,14 +61,60 @@ class ImageReport:
 
 @dataclass
 class RunReport:
-    """All inputs of a run, and the summary file written for it."""
+    """The inputs a run tried, those a stop request left untried, and its summary file."""
 
     images: list[ImageReport]
     summary: Path | None = None
+    pending: list[Path] = field(default_factory=list)
+    interrupted: int | None = None
+    """The signal that stopped the run early (``signal.SIGINT``, ``SIGTERM``), else None."""
 
     @property
     def failed(self) -> list[ImageReport]:
         return [r for r in self.images if r.error]
+
+
+class StopRequest:
+    """Set by :func:`stop_on_signals` when Ctrl-C or SIGTERM asks a run to stop; a run polls it
+    between batches."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+
+@contextmanager
+def stop_on_signals(notify: Callable[[int], None] = lambda signum: None) -> Iterator[StopRequest]:
+    """While inside, the first Ctrl-C (SIGINT) or SIGTERM only sets the yielded request (and
+    calls ``notify``), so that a run finishes its current batch, writes its summary and
+    returns; a second one goes to the handler that was there before (by default Python's:
+    ``KeyboardInterrupt``, or termination). Outside the main thread, where signals cannot be
+    handled, the request is never set."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    caught: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+    previous: dict[int, object] = {signum: signal.getsignal(signum) for signum in caught}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.signal is None:
+            stop.signal = signum
+            notify(signum)
+            return
+        before = previous[signum]
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for signum in caught:
+        signal.signal(signum, handle)
+    try:
+        yield stop
+    finally:
+        for number, before in previous.items():
+            signal.signal(number, before)  # type: ignore[arg-type]
 
 
 def run(
@@ -68,6 +133,7 @@ def run(
     fuse: str | None = None,
     mask: Path | None = None,
     layout: str | None = None,
+    stop: StopRequest | None = None,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``.
 
@@ -76,8 +142,12 @@ def run(
     one ``.npy`` of every class's raw map, ``(classes, h, w)``, and one class-grid image.
     ``mask`` is a region file for segmentation targets (see :meth:`Lens.explain`).
 
-    A file that cannot be read, or whose outputs already exist, is reported and skipped; the
-    run goes on. Errors that concern every file (unknown method, layer, class) raise at once.
+    A file that cannot be read, whose outputs already exist, or that fails to render is
+    reported and skipped; the run goes on. Errors that concern every file (unknown method,
+    layer, class) raise at once. Each image gets all of its files or none (see
+    :func:`camlens.imageio.write_group`); what a killed earlier run left in ``out`` is finished
+    or removed first. When ``stop`` is set (see :func:`stop_on_signals`) the run ends after the
+    current batch: the summary says so and lists the inputs not tried.
     """
     render.check_colormap(options.colormap)
     render.check_alpha(options.alpha)
@@ -91,9 +161,14 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CamlensError(f"{out}: cannot create output folder ({exc.strerror or exc})") from exc
+    clean_leftovers(out)
     reports = [ImageReport(p) for p in inputs]
     stems = dict(zip(inputs, unique_stems(list(inputs), root), strict=True))
+    tried = len(reports)
     for start in range(0, len(reports), batch_size):
+        if stop is not None and stop.signal is not None:
+            tried = start
+            break
         chunk = reports[start : start + batch_size]
         loaded = []
         for report in chunk:
@@ -112,8 +187,10 @@ def run(
                 write = _write_all_classes if every else _write
                 write(report, explanations, out, stems[report.source], options, multi_layer=len(layers) > 1)
         progress(len(chunk))
-    summary = _write_summary(lens, out, methods, reports, options)
-    return RunReport(reports, summary)
+    done, pending = reports[:tried], [r.source for r in reports[tried:]]
+    interrupted = stop.signal if stop is not None and pending else None
+    summary = _write_summary(lens, out, methods, done, options, pending, interrupted)
+    return RunReport(done, summary, pending, interrupted)
 
 
 def _write(
@@ -121,7 +198,7 @@ def _write(
 ) -> None:
     """Write the overlay (panel, raw map) of every explanation of one image."""
     plan = [(exp, _planned_files(exp, out, stem, options, multi_layer)) for exp in explanations]
-    jobs = [(path, partial(_write_one, exp, kind, path, options)) for exp, files in plan for path, kind in files]
+    jobs = [(path, _writer(exp, kind, path, options)) for exp, files in plan for path, kind in files]
     if _write_all_or_none(report, jobs, options.overwrite):
         report.explanations = [
             {"method": e.method, "layer": e.layer, "kind": e.kind, "target": e.target.to_dict(), "explained": e.name,
@@ -139,44 +216,41 @@ def _write_all_classes(
     for exp in explanations:
         groups.setdefault((exp.method, exp.layer), []).append(exp)
     ext = "jpg" if options.image_format.lower() in {"jpg", "jpeg"} else "png"
-    jobs: list[tuple[Path, Callable[[], Path]]] = []
+    jobs: list[tuple[Path, Writer]] = []
     entries: list[dict[str, object]] = []
     for (method, layer), exps in groups.items():
         exps = sorted(exps, key=lambda e: e.target.index)
         base = f"{stem}_{safe_part(method)}{f'_{safe_part(layer)}' if multi_layer else ''}_all-classes"
         raw_path, grid_path = output_path(out, f"{base}.npy"), output_path(out, f"{base}.{ext}")
         stack = np.stack([e.raw for e in exps])
-        jobs.append((raw_path, partial(save_array, stack, raw_path, options.overwrite)))
-        jobs.append((grid_path, partial(_class_grid, exps, stack, grid_path, options)))
+        jobs.append((raw_path, array_writer(stack)))
+        jobs.append((grid_path, image_writer(grid_path, partial(_class_grid, exps, stack, options))))
         entries.append({"method": method, "layer": layer, "target": "all", "outputs": [str(raw_path), str(grid_path)]})
     if _write_all_or_none(report, jobs, options.overwrite):
         report.explanations = entries
 
 
-def _class_grid(exps: list[Explanation], stack: np.ndarray, path: Path, options: RenderOptions) -> Path:
+def _class_grid(exps: list[Explanation], stack: np.ndarray, options: RenderOptions) -> Image.Image:
     probs = np.array([e.target.probability or 0.0 for e in exps])
     labels = [e.target.label.split(",")[0] for e in exps]
-    return save_image(render.class_grid(exps[0].image, stack, labels, probs, options.colormap, options.alpha), path,
-                      options.overwrite)
+    return render.class_grid(exps[0].image, stack, labels, probs, options.colormap, options.alpha)
 
 
-def _write_all_or_none(report: ImageReport, jobs: Sequence[tuple[Path, Callable[[], Path]]], overwrite: bool) -> bool:
-    """Run the writes of one image, or none: existing names are refused up front, and files
-    already written are removed if a later one fails."""
+def _write_all_or_none(report: ImageReport, jobs: Sequence[tuple[Path, Writer]], overwrite: bool) -> bool:
+    """Render and write the files of one image, all of them or none (an existing name, a
+    failed write or a rendering error leaves nothing); say why in ``report.error``."""
     existing = [path for path, _ in jobs if path.exists()]
     if existing and not overwrite:
         report.error = f"{report.source}: output {existing[0]} exists; pass --overwrite to replace it"
         return False
-    written: list[Path] = []
     try:
-        for _, job in jobs:
-            written.append(job())
+        report.outputs = write_group(jobs, overwrite)
     except CamlensError as exc:
-        for path in written:
-            path.unlink(missing_ok=True)
         report.error = f"{report.source}: {exc}"
         return False
-    report.outputs = written
+    except Exception as exc:  # noqa: BLE001  (a rendering failure spoils this image, not the run)
+        report.error = f"{report.source}: cannot render its outputs ({type(exc).__name__}: {exc})"
+        return False
     return True
 
 
@@ -195,18 +269,21 @@ def _planned_files(
     return files
 
 
-def _write_one(exp: Explanation, kind: str, path: Path, options: RenderOptions) -> Path:
+def _writer(exp: Explanation, kind: str, path: Path, options: RenderOptions) -> Writer:
+    """What writes one file of ``exp``: its raw map, or its overlay or panel (rendered then)."""
     if kind == "raw":
-        return save_array(exp.raw, path, options.overwrite)
+        return array_writer(exp.raw)
     render_fn = exp.panel if kind == "panel" else exp.overlay
-    return save_image(render_fn(options.colormap, options.alpha), path, options.overwrite)
+    return image_writer(path, lambda: render_fn(options.colormap, options.alpha))
 
 
 def _write_summary(
-    lens: Lens, out: Path, methods: Sequence[str], reports: list[ImageReport], options: RenderOptions
+    lens: Lens, out: Path, methods: Sequence[str], reports: list[ImageReport], options: RenderOptions,
+    pending: list[Path], interrupted: int | None,
 ) -> Path:
     summary = {
         "model": lens.loaded.name,
+        "interrupted": signal.Signals(interrupted).name if interrupted else None,
         "methods": list(methods),
         "colormap": options.colormap,
         "alpha": options.alpha,
@@ -220,6 +297,7 @@ def _write_summary(
             if not r.error
         ],
         "failed": [{"source": str(r.source), "error": r.error} for r in reports if r.error],
+        "not_tried": [str(p) for p in pending],
     }
     data = json.dumps(summary, indent=2).encode()
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -6,6 +6,7 @@ Training and data commands live in :mod:`camlens.cli.training`, localization and
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -34,9 +35,10 @@ from camlens.cli.common import (
     parse_methods,
     progress_bar,
     split,
+    stopping,
     target_help,
 )
-from camlens.errors import CamlensError, ImageError
+from camlens.errors import CamlensError, ImageError, Interrupted
 
 
 @app.command()
@@ -86,17 +88,18 @@ def explain(
     files, root = expand_inputs(inputs, recursive)
     lens = open_lens(model, weights, labels, device, output, trust_pickle, headless)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
-    with progress_bar(len(files), "explaining") as bar:
+    with runner.stop_on_signals(stopping) as stop, progress_bar(len(files), "explaining") as bar:
         task = bar.add_task("explain", total=len(files))
         report = runner.run(
             lens, files, out, methods=parse_methods(method), layers=split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
-            mask=mask, layout=layout,
+            mask=mask, layout=layout, stop=stop,
         )
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
     out_console.print(f"wrote {written} files to {out}/ (summary: {report.summary})", soft_wrap=True)
-    exit_if_failed([str(r.error) for r in report.failed], f"{len(report.failed)} of {len(report.images)} images failed")
+    exit_if_failed([str(r.error) for r in report.failed], f"{len(report.failed)} of {len(report.images)} images failed",
+                   report.interrupted, len(report.pending))
 
 
 def _print_predictions(images, top: int) -> None:  # type: ignore[no-untyped-def]
@@ -136,17 +139,23 @@ def features(
 ) -> None:
     """Show a layer's feature maps (its first N channels) as a grid image."""
     from camlens import render
-    from camlens.imageio import output_path, read_image, safe_part, save_image
+    from camlens.imageio import clean_leftovers, image_writer, output_path, read_image, safe_part, write_group
 
     render.check_colormap(colormap)
     picture = read_image(image)
     lens = open_lens(model, weights, labels, device, trust_pickle=trust_pickle)
     specs: list[str | None] = [*split(layer)] or [None]
+    grids, lines = [], []
     for spec in specs:
         name, acts = lens.features(picture, spec)
         grid = render.feature_grid(acts, channels, colormap, title=f"{image.name} @ {name} ({acts.shape[0]} channels)")
-        path = save_image(grid, output_path(out, f"{image.stem}_features_{safe_part(name)}.png"), overwrite)
-        out_console.print(f"{name}: {acts.shape[0]} channels of {acts.shape[1]}x{acts.shape[2]} -> {path}")
+        path = output_path(out, f"{image.stem}_features_{safe_part(name)}.png")
+        grids.append((path, image_writer(path, grid)))
+        lines.append(f"{name}: {acts.shape[0]} channels of {acts.shape[1]}x{acts.shape[2]} -> {path}")
+    clean_leftovers(out)
+    write_group(grids, overwrite)  # every layer's grid, or none
+    for line in lines:
+        out_console.print(line, soft_wrap=True)
 
 
 @app.command()
@@ -294,10 +303,18 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
         _DEFAULT_SHOWWARNING(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:
     """Entry point. Errors print one line, no traceback: unreadable images exit 1, other input
-    errors (:class:`CamlensError`) 2, anything else 3 (``CAMLENS_DEBUG=1`` shows its traceback)."""
+    errors (:class:`CamlensError`) 2, anything else 3 (``CAMLENS_DEBUG=1`` shows its traceback).
+    Ctrl-C and SIGTERM exit 130 and 143 (runs over many files first finish their batch and
+    write their summary: see :func:`camlens.runner.stop_on_signals`)."""
     warnings.showwarning = _one_line_warning
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         app()
     except ImageError as exc:
@@ -306,9 +323,9 @@ def main() -> None:
     except CamlensError as exc:
         err_console.print(f"error: {for_cli(str(exc))}", soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except Interrupted as exc:
+        err_console.print(f"interrupted by {signal.Signals(exc.signal).name}")
+        sys.exit(128 + exc.signal)
     except Exception as exc:  # a model or library failure: one line, the traceback on request
         if os.environ.get("CAMLENS_DEBUG"):
             raise

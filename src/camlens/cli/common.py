@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any
@@ -164,10 +165,22 @@ def progress_bar(total: int, label: str) -> Progress:
                     console=err_console, transient=True, disable=total < 2)
 
 
-def exit_if_failed(lines: list[str], header: str) -> None:
-    """List what failed under ``header`` on stderr and exit 1; do nothing when nothing failed."""
+def exit_if_failed(lines: list[str], header: str, interrupted: int | None = None, untried: int = 0) -> None:
+    """List what failed under ``header`` on stderr and exit 1; do nothing when nothing failed.
+    A run stopped by a signal says how many inputs it left untried and exits 128 + the signal
+    (130 for Ctrl-C, 143 for SIGTERM)."""
     if lines:
         err_console.print(Text(f"{printable(header)}:", style="red"))
         for line in lines:
             err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    if interrupted is not None:
+        err_console.print(f"interrupted by {signal.Signals(interrupted).name}: {untried} inputs not tried "
+                          "(the summary lists them)", soft_wrap=True)
+        raise typer.Exit(128 + interrupted)
+    if lines:
         raise typer.Exit(1)
+
+
+def stopping(signum: int) -> None:
+    """What the CLI says when a run is asked to stop (see :func:`camlens.runner.stop_on_signals`)."""
+    err_console.print(f"{signal.Signals(signum).name}: stopping after this batch (again to stop at once)")

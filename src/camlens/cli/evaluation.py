@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -26,9 +27,16 @@ from camlens.cli.common import (
     out_console,
     parse_methods,
     progress_bar,
+    stopping,
     target_help,
 )
 from camlens.errors import CamlensError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from camlens.evaluation.boxes import Box
+    from camlens.explain import Explanation
 
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="Target layer; default: the last spatial layer.")]
 BoxesOpt = Annotated[Path | None, typer.Option("--boxes", help="True boxes: Pascal VOC XML file/folder, COCO JSON, or CSV.")]
@@ -66,7 +74,18 @@ def localize(
     """
     from camlens import render
     from camlens.evaluation.boxes import best_iou, boxes_from_map
-    from camlens.imageio import ORIGINAL_SIZE, output_path, read_image, safe_part, save_image, unique_stems, write_atomic
+    from camlens.imageio import (
+        ORIGINAL_SIZE,
+        clean_leftovers,
+        image_writer,
+        output_path,
+        read_image,
+        safe_part,
+        unique_stems,
+        write_atomic,
+        write_group,
+    )
+    from camlens.runner import stop_on_signals
 
     if not 0.0 <= threshold <= 1.0 or not 0.0 <= min_area <= 1.0:
         raise CamlensError("--threshold and --min-area must be between 0 and 1")
@@ -83,12 +102,17 @@ def localize(
     summary_path = out / "localize.json"
     if summary_path.exists() and not overwrite:
         raise CamlensError(f"{summary_path}: exists; pass --overwrite to replace it")
+    clean_leftovers(out)
     stems = dict(zip(files, unique_stems(files, root), strict=True))
     records: list[dict[str, object]] = []
     problems: list[str] = []
-    with progress_bar(len(files), "localizing") as bar:
+    tried = len(files)
+    with stop_on_signals(stopping) as stop, progress_bar(len(files), "localizing") as bar:
         task = bar.add_task("localize", total=len(files))
         for start in range(0, len(files), batch_size):
+            if stop.signal is not None:
+                tried = start
+                break
             chunk = files[start : start + batch_size]
             pictures = []
             for path in chunk:
@@ -108,8 +132,10 @@ def localize(
                 for exp in exps:
                     found = boxes_from_map(exp.heatmap, threshold, largest=not all_regions, min_area=min_area)
                     dest = output_path(out, f"{stems[path]}_{safe_part(exp.method)}_{exp.tag}_boxes.png")
-                    drawn = render.draw_boxes(exp.overlay(colormap, alpha), true_boxes or [], (0, 220, 0))
-                    planned.append((dest, render.draw_boxes(drawn, found, (255, 0, 0))))
+                    def drawn(exp: Explanation = exp, found: list[Box] = found, truth: list[Box] = true_boxes or []) -> Image:
+                        return render.draw_boxes(render.draw_boxes(exp.overlay(colormap, alpha), truth, (0, 220, 0)),
+                                                 found, (255, 0, 0))
+                    planned.append((dest, image_writer(dest, drawn)))
                     entry: dict[str, object] = {"method": exp.method, "layer": exp.layer, "target": exp.target.to_dict(),
                                                 "boxes": [b.to_dict() for b in found], "output": str(dest)}
                     if true_boxes:
@@ -119,23 +145,25 @@ def localize(
                 if taken and not overwrite:
                     problems.append(f"{path}: output {taken[0]} exists; pass --overwrite to replace it")
                     continue
-                done: list[Path] = []
                 try:
-                    for dest, image in planned:
-                        done.append(save_image(image, dest, overwrite))
+                    write_group(planned, overwrite)  # all of an image's files, or none
                 except CamlensError as exc:
-                    for p in done:  # all of an image's files, or none
-                        p.unlink(missing_ok=True)
                     problems.append(f"{path}: {exc}")
+                    continue
+                except Exception as exc:  # noqa: BLE001  (a rendering failure spoils this image, not the run)
+                    problems.append(f"{path}: cannot render its outputs ({type(exc).__name__}: {exc})")
                     continue
                 records.append(record)
             bar.advance(task, len(chunk))
+    pending = [str(p) for p in files[tried:]]
+    interrupted = stop.signal if pending else None
     data = json.dumps({"model": lens.loaded.name, "threshold": threshold, "largest_only": not all_regions,
-                       "min_area": min_area, "images": records, "failed": problems}, indent=2).encode()
+                       "min_area": min_area, "interrupted": signal.Signals(interrupted).name if interrupted else None,
+                       "images": records, "failed": problems, "not_tried": pending}, indent=2).encode()
     write_atomic(summary_path, lambda fh: fh.write(data), overwrite)
     out_console.print(f"boxed {len(records)} images; wrote {out}/ (summary: {summary_path})", soft_wrap=True)
     unused = problems + (truth.errors if truth is not None else [])
-    exit_if_failed(unused, f"{len(unused)} inputs or annotation records not used")
+    exit_if_failed(unused, f"{len(unused)} inputs or annotation records not used", interrupted, len(pending))
 
 
 def _annotations(source: Path | None, fmt: str):  # type: ignore[no-untyped-def]

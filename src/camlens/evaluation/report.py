@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -15,7 +16,7 @@ from PIL import Image
 from camlens import render
 from camlens.errors import CamlensError
 from camlens.evaluation.run import EvalResult
-from camlens.imageio import save_image, write_atomic
+from camlens.imageio import image_writer, write_group
 
 FILES = ("metrics.csv", "metrics.json", "per_image.csv", "curves.png", "examples.png", "report.md")
 
@@ -60,34 +61,31 @@ def check_free(out: Path, overwrite: bool) -> None:
 
 
 def write(result: EvalResult, out: Path, per_image: IO[str], *, title: str, overwrite: bool) -> list[Path]:
-    """Write every file of :data:`FILES` into ``out``, each atomically; ``per_image`` holds the
-    per-image CSV rows (a temporary file, copied from its start)."""
+    """Write every file of :data:`FILES` into ``out``, all of them or none (see
+    :func:`camlens.imageio.write_group`); ``per_image`` holds the per-image CSV rows (a
+    temporary file, copied from its start)."""
 
     def copy_rows(fh: BinaryIO) -> None:
         per_image.seek(0)
         while chunk := per_image.read(1 << 20):
             fh.write(chunk.encode())
 
-    written: list[Path] = []
-    try:
-        written.append(write_atomic(out / "metrics.csv", lambda fh: fh.write(_metrics_csv(result).encode()), overwrite))
-        data = json.dumps(_metrics_json(result), indent=2).encode()
-        written.append(write_atomic(out / "metrics.json", lambda fh: fh.write(data), overwrite))
-        written.append(write_atomic(out / "per_image.csv", copy_rows, overwrite))
-        pictures = []
-        if result.curves and result.fractions is not None:
-            written.append(save_image(curves_figure(result), out / "curves.png", overwrite))
-            pictures.append(("Deletion and insertion curves (mean over images)", "curves.png"))
-        if result.examples:
-            written.append(save_image(examples_figure(result), out / "examples.png", overwrite))
-            pictures.append(("Examples: true boxes green, boxes from the maps red", "examples.png"))
-        markdown = markdown_report(result, title, pictures).encode()
-        written.append(write_atomic(out / "report.md", lambda fh: fh.write(markdown), overwrite))
-    except CamlensError:
-        for path in written:  # all files or none
-            path.unlink(missing_ok=True)
-        raise
-    return written
+    data = json.dumps(_metrics_json(result), indent=2).encode()
+    files: list[tuple[Path, Callable[[BinaryIO], object]]] = [
+        (out / "metrics.csv", lambda fh: fh.write(_metrics_csv(result).encode())),
+        (out / "metrics.json", lambda fh: fh.write(data)),
+        (out / "per_image.csv", copy_rows),
+    ]
+    pictures = []
+    if result.curves and result.fractions is not None:
+        files.append((out / "curves.png", image_writer(out / "curves.png", lambda: curves_figure(result))))
+        pictures.append(("Deletion and insertion curves (mean over images)", "curves.png"))
+    if result.examples:
+        files.append((out / "examples.png", image_writer(out / "examples.png", lambda: examples_figure(result))))
+        pictures.append(("Examples: true boxes green, boxes from the maps red", "examples.png"))
+    markdown = markdown_report(result, title, pictures).encode()
+    files.append((out / "report.md", lambda fh: fh.write(markdown)))
+    return write_group(files, overwrite)
 
 
 def table_rows(result: EvalResult, short: bool = False) -> list[list[str]]:
