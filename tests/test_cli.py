@@ -146,7 +146,8 @@ def test_model_failures_are_one_line_and_exit_3(tmp_path: Path, samples_dir: Pat
     save_checkpoint(tmp_path / "bad.pt", "resnet18", model, Labels(("a", "b")), one_channel)
     result = camlens("explain", samples_dir / "coffee.png", "--model", tmp_path / "bad.pt", "--out", tmp_path / "o")
     assert result.returncode == 3
-    assert result.stderr.startswith("error: RuntimeError: ") and "CAMLENS_DEBUG=1" in result.stderr
+    assert result.stderr.startswith("error: the model failed on an input of shape (1, 1, 64, 64)")
+    assert "RuntimeError: " in result.stderr and "CAMLENS_DEBUG=1" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 

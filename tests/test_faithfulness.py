@@ -14,6 +14,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
 
+from camlens.errors import CamlensError
 from camlens.evaluation.faithfulness import (
     Curves,
     apply_mask,
@@ -373,16 +374,16 @@ def test_inputs_are_not_modified() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"layout": "CHW"}, ValueError, "layout"),
-    ({"maps": np.zeros((3, 3))}, ValueError, "maps must have shape"),
-    ({"maps": np.full((H, W), np.nan)}, ValueError, "finite"),
-    ({"targets": 2}, ValueError, "out of range"),
-    ({"targets": [0, 1, 0]}, ValueError, "one per sample"),
-    ({"targets": 0.5}, TypeError, "integer"),
-    ({"batch_size": 0}, ValueError, "batch_size"),
-    ({"steps": 0}, ValueError, "steps"),
-    ({"deletion_baseline": "mean"}, ValueError, "unknown baseline"),
-    ({"insertion_baseline": np.zeros((3, 3))}, ValueError, "broadcastable"),
+    ({"layout": "CHW"}, CamlensError, "layout"),
+    ({"maps": np.zeros((3, 3))}, CamlensError, "maps must have shape"),
+    ({"maps": np.full((H, W), np.nan)}, CamlensError, "finite"),
+    ({"targets": 2}, CamlensError, "out of range"),
+    ({"targets": [0, 1, 0]}, CamlensError, "one per sample"),
+    ({"targets": 0.5}, CamlensError, "integer"),
+    ({"batch_size": 0}, CamlensError, "batch_size"),
+    ({"steps": 0}, CamlensError, "steps"),
+    ({"deletion_baseline": "mean"}, CamlensError, "unknown baseline"),
+    ({"insertion_baseline": np.zeros((3, 3))}, CamlensError, "broadcastable"),
 ])
 def test_deletion_insertion_rejects_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
     arguments: dict[str, Any] = {"predict": region_predict("NCHW"), "x": ones(2, "NCHW"), "maps": PERFECT, "targets": 0}
@@ -392,7 +393,7 @@ def test_deletion_insertion_rejects_bad_arguments(kwargs: dict[str, Any], error:
 
 
 def test_confidence_change_rejects_maps_outside_unit_range() -> None:
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(CamlensError, match=r"\[0, 1\]"):
         confidence_change(region_predict("NCHW"), ones(1, "NCHW"), PERFECT * 2, 0, "NCHW")
-    with pytest.raises(ValueError, match="predict must return"):
+    with pytest.raises(CamlensError, match="predict must return"):
         confidence_change(lambda b: np.ones(b.shape[0]), ones(1, "NCHW"), PERFECT, 0, "NCHW")

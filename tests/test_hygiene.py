@@ -9,6 +9,7 @@ from torch import nn
 
 from camlens import CAM, Explainer, GradCAM
 from camlens.core import ATTENTION_NEEDS, method_names
+from camlens.errors import ModelFailure
 from tests.conftest import TinyDeepNet, TinyGapNet
 
 METHODS = method_names(without=ATTENTION_NEEDS)  # every method a CNN has maps for (rollout: test_transformers)
@@ -107,8 +108,9 @@ def test_exceptions_propagate_and_hooks_are_removed() -> None:
     handle = model.fc.register_forward_hook(explode)
     try:
         for method in METHODS:
-            with Explainer(model, method, "relu") as ex, pytest.raises(Boom, match="from the model"):
+            with Explainer(model, method, "relu") as ex, pytest.raises(ModelFailure, match="Boom: from the model") as caught:
                 ex(torch.randn(1, 3, 8, 8))
+            assert isinstance(caught.value.__cause__, Boom)  # the model's own exception, kept as the cause
             assert _hooks(model) == 1  # only the test's own hook remains
             assert torch.is_grad_enabled()
     finally:

@@ -115,9 +115,9 @@ def test_binary_classifier_output_target_parity() -> None:
 
 
 def test_cosine_similarity_callable_parity() -> None:
-    """Against a float64 hand computation camlens is within 1e-5; pytorch-grad-cam's float32
-    cosine gradient is 1.4e-5 off it (a cosine near 1 cancels digits), so the two libraries
-    agree to 2.5e-5."""
+    """Against a float64 hand computation camlens is within 2e-5 (float32: a cosine near 1
+    cancels digits; 1.5e-5 measured on some CPUs); pytorch-grad-cam's float32 cosine gradient is
+    1.4e-5 off it, so the two libraries agree to 2.5e-5."""
     torch.manual_seed(2)
     model = torchvision.models.resnet18()
     model.fc = nn.Identity()  # a headless ResNet: (N, 512) embeddings
@@ -129,7 +129,7 @@ def test_cosine_similarity_callable_parity() -> None:
     raw = _raw(model, "layer4", x, Similarity(reference))
     wide = copy.deepcopy(model).double()
     truth = _by_hand(wide, wide.layer4, x.double(), lambda out: F.cosine_similarity(out, reference[None].double(), dim=1).sum())
-    np.testing.assert_allclose(_pgc_scaled(raw, (64, 64)), _pgc_scaled(truth, (64, 64)), atol=ATOL)
+    np.testing.assert_allclose(_pgc_scaled(raw, (64, 64)), _pgc_scaled(truth, (64, 64)), atol=2 * ATOL)
     np.testing.assert_allclose(_pgc_scaled(raw, (64, 64)), theirs, atol=2.5 * ATOL)
 
 

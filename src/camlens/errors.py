@@ -18,6 +18,11 @@ class ModelError(CamlensError):
     """A model could not be built or its weights could not be loaded."""
 
 
+class ModelFailure(ModelError):
+    """The model's own code failed on its input (a wrong number of channels, a dtype it does
+    not take, an exception of its own, which is the ``__cause__``)."""
+
+
 class LayerError(CamlensError):
     """A target layer name or module does not exist in the model, or cannot be used."""
 

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camlens import render
+from camlens import arguments, render
 from camlens.adapters.backends import ExplainerFn, backend_for
 from camlens.core.maps import normalize, upsample
-from camlens.core.methods import Method, canonical_name
+from camlens.core.methods import Method, canonical_name, methods_from
 from camlens.core.targets import (
     ALL,
     SCORES,
@@ -30,7 +30,7 @@ from camlens.core.targets import (
     Target,
     Top,
 )
-from camlens.errors import CamlensError, TargetError
+from camlens.errors import CamlensError, ImageError, TargetError
 from camlens.imageio import read_image, safe_part, save_image, to_rgb
 from camlens.models import DEFAULT_MODEL, LoadedModel, load_model, wrap_model
 from camlens.models.labels import Labels
@@ -192,8 +192,11 @@ class Explanation:
     ) -> Path:
         """Write the overlay (or the panel) to ``path`` (PNG, JPEG... by suffix), atomically,
         refusing to replace an existing file unless ``overwrite``."""
+        dest = arguments.path(path, "path")
+        if dest.is_dir():
+            raise CamlensError(f"{dest}: is a folder; give a file name such as {dest / 'map.png'}")
         picture = self.panel(colormap, alpha) if panel else self.overlay(colormap, alpha)
-        return save_image(picture, Path(path), overwrite)
+        return save_image(picture, dest, overwrite)
 
     def _repr_png_(self) -> bytes:
         """The panel, so that an explanation shows itself in Jupyter."""
@@ -263,6 +266,8 @@ class Lens:
         headless: bool = False,
         pretrained: bool = True,
     ) -> None:
+        if isinstance(model, Path):
+            model = str(model)
         if isinstance(model, str):
             model = load_model(model, weights=weights, labels=labels, device=device, output=output, trust_pickle=trust_pickle,
                                headless=headless, pretrained=pretrained)
@@ -284,6 +289,7 @@ class Lens:
     def predict(self, images: Sequence[ImageLike], top: int = 5) -> list[list[Prediction]]:
         """Top-``top`` predictions for each image (one forward pass, no gradients); none for an
         embedding model."""
+        images, top = arguments.images(images), arguments.count(top, "top")
         if self.loaded.embedding:
             return [[] for _ in images]
         probs = self.backend.output(self.loaded, self.tensor([as_image(i) for i in images])).probabilities
@@ -319,6 +325,7 @@ class Lens:
         Returns:
             Per image, explanations ordered by target, then method, then layer.
         """
+        images, top = arguments.images(images), arguments.count(top, "top")
         pictures = [as_image(i) for i in images]
         sources = [str(i) if isinstance(i, (str, Path)) else "<image>" for i in images]
         request = target if isinstance(target, TargetRequest) else self.parse_targets(target, mask)
@@ -373,6 +380,7 @@ class Lens:
                   layout: Any = None) -> ExplainerFn:
         """The (cached) explainer for these methods and layers on this model, so that automatic
         layers and the CAM head are found once, not once per batch."""
+        methods_from(method)  # a bad method spec fails here, in one line
         key = (_method_key(method), _key(layer), fuse, _key(layout))
         if key not in self._explainers:
             self._explainers[key] = self.backend.explainer(self.loaded, method, layer, fuse, layout)
@@ -386,7 +394,11 @@ class Lens:
             TargetError: an unknown class name or index (with the closest names), a malformed
                 box, an unreadable reference image or mask.
         """
-        specs: list[Any] = [] if target is None else [target] if isinstance(target, (int, str, Target)) else list(target)
+        if isinstance(target, (float, dict, set, bytes)) and not isinstance(target, bool):
+            raise TargetError(f"a target is a class index, a name, a spec string or a camlens target, not "
+                              f"{type(target).__name__} {str(target)[:60]}")
+        scalar = isinstance(target, (int, np.integer, str, Target))
+        specs: list[Any] = [] if target is None else [target] if scalar else list(target)  # type: ignore[arg-type]
         best = 0
         fixed: list[Target] = []
         boxes: list[BoxRequest] = []
@@ -395,7 +407,8 @@ class Lens:
                 fixed.append(spec)
                 continue
             if isinstance(spec, bool) or not isinstance(spec, (int, str, np.integer)):
-                raise TargetError(f"invalid target {spec!r}"[:200])
+                raise TargetError(f"invalid target {spec!r} ({type(spec).__name__}): a target is a class index, a name or "
+                                  "a spec string"[:300])
             text = str(spec).strip()
             low = text.lower()
             kind, _, rest = text.partition(":")
@@ -423,7 +436,7 @@ class Lens:
 
     def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
         """``(N, D)`` the model's output vectors for images (an embedding model's embeddings)."""
-        return self.backend.output(self.loaded, self.tensor([as_image(i) for i in images])).array
+        return self.backend.output(self.loaded, self.tensor([as_image(i) for i in arguments.images(images)])).array
 
     def _similar_to(self, path: str) -> Similarity:
         try:
@@ -446,7 +459,7 @@ class Lens:
         return BoxRequest(values, self.labels.index(label.strip()) if label.strip() else None)  # type: ignore[arg-type]
 
     def _top(self, probs: np.ndarray, top: int) -> list[Prediction]:
-        order = np.argsort(-probs, kind="stable")[: max(1, top)]
+        order = np.argsort(-probs, kind="stable")[:top]
         return [Prediction(int(j), self.labels[int(j)] if j < len(self.labels) else f"class {j}", float(probs[j])) for j in order]
 
 
@@ -477,17 +490,21 @@ def as_image(image: ImageLike) -> Image.Image:
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, Image.Image):
+        if 0 in image.size:
+            raise ImageError(f"the image is empty: {image.width}x{image.height}")
         return to_rgb(image)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise CamlensError(f"expected an (H, W) or (H, W, C) uint8 array, got {image.dtype} {image.shape}")
-        return to_rgb(Image.fromarray(image))
-    raise CamlensError(f"cannot read an image from {type(image).__name__}")
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise ImageError(f"expected an (H, W) or (H, W, C) uint8 array with C = 1, 3 or 4, got {image.dtype} {image.shape}")
+        if 0 in image.shape:
+            raise ImageError(f"the image array is empty: shape {image.shape}")
+        return to_rgb(Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image))
+    raise ImageError(f"cannot read an image from {type(image).__name__}; give a path, a PIL image or a uint8 array")
 
 
 def _method_key(spec: str | Method | Sequence[str | Method]) -> tuple[object, ...]:
     """Methods by canonical name (``Grad-CAM`` and ``gradcam`` share an explainer), instances by identity."""
-    items = [spec] if isinstance(spec, (str, Method)) else list(spec)
+    items = [spec] if isinstance(spec, (str, Method, type)) else list(spec)
     return tuple(
         part for item in items
         for part in ([canonical_name(p) for p in item.split(",") if p.strip()] if isinstance(item, str) else [id(item)])

@@ -67,6 +67,8 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         ImageError: missing file, not an image, or truncated/corrupt data; the message names
             the file and the cause in one line.
     """
+    if not isinstance(path, (str, Path)) and not hasattr(path, "__fspath__"):
+        raise ImageError(f"an image path is a str or a Path, not {type(path).__name__}")
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{p}: no such file")

@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
+from camlens.arguments import number
 from camlens.core.maps import normalize, upsample
 from camlens.errors import CamlensError
 
@@ -26,6 +27,8 @@ def colormap_names() -> list[str]:
 
 def check_colormap(name: str) -> str:
     """Return ``name`` if matplotlib knows it; otherwise raise with the closest names."""
+    if not isinstance(name, str):
+        raise CamlensError(f"colormap must be a matplotlib colormap name, not {type(name).__name__}")
     if name in matplotlib.colormaps:
         return name
     close = difflib.get_close_matches(name, colormap_names(), n=5, cutoff=0.5)
@@ -35,9 +38,7 @@ def check_colormap(name: str) -> str:
 
 def check_alpha(alpha: float) -> float:
     """Return ``alpha`` if it is an opacity in [0, 1]; otherwise raise."""
-    if not 0.0 <= alpha <= 1.0:
-        raise CamlensError(f"alpha must be between 0 and 1, not {alpha}")
-    return alpha
+    return number(alpha, "alpha", 0.0, 1.0)
 
 
 def colorize(heatmap: np.ndarray, colormap: str = "jet") -> Image.Image:
@@ -54,6 +55,7 @@ def overlay(image: Image.Image, heatmap: np.ndarray, colormap: str = "jet", alph
     """Blend a colormapped ``heatmap`` (same size as ``image``, values in [0, 1]) over the
     image: ``(1 - alpha) * image + alpha * colour``."""
     check_alpha(alpha)
+    heatmap = np.asarray(heatmap)
     if heatmap.shape != (image.height, image.width):
         raise CamlensError(f"heatmap {heatmap.shape} does not match image {(image.height, image.width)}")
     return Image.blend(image.convert("RGB"), colorize(heatmap, colormap), alpha)
@@ -172,6 +174,7 @@ def class_grid(
     from PIL import ImageDraw
 
     check_alpha(alpha)
+    maps, probabilities = np.asarray(maps), np.asarray(probabilities)
     if maps.ndim != 3 or len(labels) != maps.shape[0] or probabilities.shape != (maps.shape[0],):
         raise CamlensError(f"expected (classes, h, w) maps with one label and probability each, got {maps.shape}")
     scale = cell / max(image.size)

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from camlens import render
+from camlens import arguments, render
 from camlens.errors import CamlensError, ImageError, TargetError
 from camlens.explain import Explanation, Lens, Prediction, TargetSpec
 from camlens.imageio import (
@@ -151,8 +151,12 @@ def run(
     """
     render.check_colormap(options.colormap)
     render.check_alpha(options.alpha)
-    if batch_size < 1:
-        raise CamlensError("batch size must be at least 1")
+    if options.image_format.lower() not in {"png", "jpg", "jpeg"}:
+        raise CamlensError(f"unknown image format {options.image_format!r}; use png or jpg")
+    batch_size, top = arguments.count(batch_size, "batch_size"), arguments.count(top, "top")
+    inputs, out = arguments.paths(inputs, "inputs"), arguments.path(out, "out")
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    layers = [layers] if isinstance(layers, str) else list(layers)
     request = lens.parse_targets(target, mask)  # bad targets and masks fail here, once, before any output
     every = request.every
     layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None

@@ -38,7 +38,7 @@ from camlens.cli.common import (
     stopping,
     target_help,
 )
-from camlens.errors import CamlensError, ImageError, Interrupted
+from camlens.errors import CamlensError, ImageError, Interrupted, ModelFailure
 
 
 @app.command()
@@ -320,6 +320,11 @@ def main() -> None:
     except ImageError as exc:
         err_console.print(f"error: {for_cli(str(exc))}", soft_wrap=True)
         sys.exit(1)
+    except ModelFailure as exc:  # the model's own code failed: as any other failure inside it
+        if os.environ.get("CAMLENS_DEBUG"):
+            raise
+        err_console.print(f"error: {exc} (set CAMLENS_DEBUG=1 for the traceback)", soft_wrap=True)
+        sys.exit(3)
     except CamlensError as exc:
         err_console.print(f"error: {for_cli(str(exc))}", soft_wrap=True)
         sys.exit(2)

@@ -167,9 +167,13 @@ def methods_from(spec: str | Method | Sequence[str | Method]) -> list[Method]:
     Raises:
         MethodError: an unknown name, or nothing given.
     """
-    items = [spec] if isinstance(spec, (str, Method)) else list(spec)
+    if not isinstance(spec, (str, Method, type, list, tuple)):
+        raise MethodError(f"method must be a method name, a camlens Method or a list of them, not {type(spec).__name__}")
+    items = [spec] if isinstance(spec, (str, Method, type)) else list(spec)
     out: dict[str, Method] = {}
     for item in items:
+        if isinstance(item, type) and issubclass(item, Method) and not getattr(item, "__abstractmethods__", None):
+            item = item()
         if isinstance(item, Method):
             out.setdefault(item.name, item)
             continue

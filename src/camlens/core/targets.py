@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from camlens.errors import TargetError
+from camlens.errors import CamlensError, TargetError
 
 ALL = "all"
 """The target spec for every class of the model, in class order."""
@@ -717,7 +717,12 @@ def as_targets(spec: Targets, out: Output, top: int | None = None) -> list[Targe
         if out.kind != SCORES:
             raise TargetError(f"a target function receives (N, classes) scores; this model outputs {out.kind} "
                               "(use a camlens.targets kind)")
-        spec = spec(out.array)  # type: ignore[assignment]
+        try:
+            spec = spec(out.array)  # type: ignore[assignment]
+        except CamlensError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"the target function failed: {type(exc).__name__}: {exc}"[:300]) from exc
         if callable(spec) and not isinstance(spec, Target):
             raise TargetError("a target function must return targets, not another function")
         return as_targets(spec, out, top)

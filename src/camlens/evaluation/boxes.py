@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from camlens.arguments import number
 from camlens.core.maps import normalize
+from camlens.errors import CamlensError
 
 CAM_PAPER_THRESHOLD = 0.2
 """Zhou et al. (2016), Sec. 3: "segment the regions of which the value is above 20% of the max value of the CAM"."""
@@ -78,9 +80,24 @@ def boxes_from_map(
         heatmap: ``(H, W)`` map at the image's resolution.
         threshold: in [0, 1].
     """
-    if heatmap.ndim != 2:
-        raise ValueError(f"expected an (H, W) map, got shape {heatmap.shape}")
-    return boxes_above(normalize(np.asarray(heatmap, dtype=np.float64)), threshold, largest=largest, min_area=min_area)
+    return boxes_above(normalize(checked_map(heatmap)), threshold, largest=largest, min_area=min_area)
+
+
+def checked_map(heatmap: object) -> np.ndarray:
+    """``heatmap`` as a float64 ``(H, W)`` array.
+
+    Raises:
+        CamlensError: not a 2-D, non-empty, finite array of numbers.
+    """
+    try:
+        values = np.asarray(heatmap, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CamlensError(f"expected an (H, W) map of numbers, got {type(heatmap).__name__}") from None
+    if values.ndim != 2 or values.size == 0:
+        raise CamlensError(f"expected a non-empty (H, W) map, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise CamlensError("the map has NaN or infinite values")
+    return values
 
 
 def boxes_above(
@@ -88,8 +105,8 @@ def boxes_above(
 ) -> list[Box]:
     """:func:`boxes_from_map` for a map already min-max normalised (so that scoring many
     thresholds of one map normalises it once)."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    number(threshold, "threshold", 0.0, 1.0)
+    number(min_area, "min_area", 0.0, 1.0)
     if not scaled.any():
         return []
     labels, count = ndimage.label(scaled >= threshold, structure=np.ones((3, 3), dtype=bool))

@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from camlens.errors import CamlensError
+
 Predict: TypeAlias = Callable[[np.ndarray], np.ndarray]
 """The classifier: a float32 batch of preprocessed inputs -> ``(n, classes)`` probabilities."""
 
@@ -48,7 +50,7 @@ def _channel_axis(layout: str) -> int:
         return 1
     if layout == "NHWC":
         return 3
-    raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    raise CamlensError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
 
 
 def _spatial_axes(layout: str) -> tuple[int, int]:
@@ -61,7 +63,7 @@ def _as_batch(x: np.ndarray, layout: str) -> np.ndarray:
     _channel_axis(layout)
     batch = np.asarray(x, dtype=np.float32)
     if batch.ndim != 4 or 0 in batch.shape:
-        raise ValueError(f"x must be a non-empty 4-D {layout} batch, got shape {batch.shape}")
+        raise CamlensError(f"x must be a non-empty 4-D {layout} batch, got shape {batch.shape}")
     return batch
 
 
@@ -72,9 +74,9 @@ def _as_maps(maps: np.ndarray, x: np.ndarray, layout: str) -> np.ndarray:
     values = np.asarray(maps, dtype=np.float64)
     if values.shape not in (size, (x.shape[0], *size)):
         expected = f"{size} or {(x.shape[0], *size)}"
-        raise ValueError(f"maps must have shape {expected} for x of shape {x.shape} ({layout}), got {values.shape}")
+        raise CamlensError(f"maps must have shape {expected} for x of shape {x.shape} ({layout}), got {values.shape}")
     if not np.isfinite(values).all():
-        raise ValueError("maps must be finite (no NaN or infinity)")
+        raise CamlensError("maps must be finite (no NaN or infinity)")
     return np.broadcast_to(values, (x.shape[0], *size))
 
 
@@ -82,19 +84,19 @@ def _as_targets(targets: Targets, n: int) -> np.ndarray:
     """``targets`` as ``n`` non-negative class indices."""
     values = np.asarray(targets)
     if not np.issubdtype(values.dtype, np.integer):
-        raise TypeError(f"targets must be an integer or integers, got dtype {values.dtype}")
+        raise CamlensError(f"targets must be an integer or integers, got dtype {values.dtype}")
     if values.ndim == 0:
         values = np.full(n, values)
     if values.shape != (n,):
-        raise ValueError(f"targets must be one integer or {n} of them (one per sample), got shape {values.shape}")
+        raise CamlensError(f"targets must be one integer or {n} of them (one per sample), got shape {values.shape}")
     if (values < 0).any():
-        raise ValueError(f"targets must be non-negative class indices, got {values.min()}")
+        raise CamlensError(f"targets must be non-negative class indices, got {values.min()}")
     return values.astype(np.intp)
 
 
 def _check_positive(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise CamlensError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -107,9 +109,9 @@ def _target_scores(predict: Predict, batch: np.ndarray, targets: np.ndarray) -> 
     probabilities = np.asarray(predict(batch))
     if probabilities.ndim != 2 or probabilities.shape[0] != batch.shape[0]:
         n = batch.shape[0]
-        raise ValueError(f"predict must return (n, classes) probabilities for n = {n} inputs, got shape {probabilities.shape}")
+        raise CamlensError(f"predict must return (n, classes) probabilities for n = {n} inputs, got shape {probabilities.shape}")
     if targets.max() >= probabilities.shape[1]:
-        raise ValueError(f"target class {targets.max()} is out of range for {probabilities.shape[1]} classes")
+        raise CamlensError(f"target class {targets.max()} is out of range for {probabilities.shape[1]} classes")
     return probabilities[np.arange(batch.shape[0]), targets].astype(np.float64)
 
 
@@ -175,7 +177,7 @@ def confidence_change(
     batch = _as_batch(x, layout)
     masks = _as_maps(maps, batch, layout)
     if masks.min() < 0 or masks.max() > 1:
-        raise ValueError(f"maps must be min-max normalised to [0, 1], got values in [{masks.min():g}, {masks.max():g}]")
+        raise CamlensError(f"maps must be min-max normalised to [0, 1], got values in [{masks.min():g}, {masks.max():g}]")
     classes = _as_targets(targets, batch.shape[0])
     _check_positive("batch_size", batch_size)
     original = np.empty(batch.shape[0])
@@ -223,7 +225,7 @@ def _baseline(spec: Baseline, x: np.ndarray, layout: str) -> np.ndarray:
             return np.broadcast_to(np.float32(0.0), x.shape)
         if spec == "blur":
             return rise_blur(x, layout)
-        raise ValueError(f"unknown baseline {spec!r}: expected 'zero', 'blur', an array or a callable")
+        raise CamlensError(f"unknown baseline {spec!r}: expected 'zero', 'blur', an array or a callable")
     if callable(spec):
         view = x.view()
         view.flags.writeable = False
@@ -231,7 +233,7 @@ def _baseline(spec: Baseline, x: np.ndarray, layout: str) -> np.ndarray:
     try:
         return np.broadcast_to(np.asarray(spec, dtype=np.float32), x.shape)
     except ValueError as exc:
-        raise ValueError(f"baseline of shape {np.shape(spec)} is not broadcastable to the input shape {x.shape}") from exc
+        raise CamlensError(f"baseline of shape {np.shape(spec)} is not broadcastable to the input shape {x.shape}") from exc
 
 
 def auc(fractions: npt.ArrayLike, curve: npt.ArrayLike) -> np.ndarray:
@@ -250,7 +252,7 @@ def auc(fractions: npt.ArrayLike, curve: npt.ArrayLike) -> np.ndarray:
     f = np.asarray(fractions, dtype=np.float64)
     v = np.asarray(curve, dtype=np.float64)
     if f.ndim != 1 or f.shape[0] < 2 or v.ndim < 1 or v.shape[-1] != f.shape[0]:
-        raise ValueError(f"need (J,) fractions with J >= 2 and (..., J) curves, got {f.shape} and {v.shape}")
+        raise CamlensError(f"need (J,) fractions with J >= 2 and (..., J) curves, got {f.shape} and {v.shape}")
     return np.asarray(np.sum(np.diff(f) * (v[..., 1:] + v[..., :-1]) / 2.0, axis=-1))
 
 

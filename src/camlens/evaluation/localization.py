@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from camlens.arguments import number
 from camlens.core.maps import normalize
-from camlens.evaluation.boxes import CAM_PAPER_THRESHOLD, Box, best_iou, boxes_above
+from camlens.errors import CamlensError
+from camlens.evaluation.boxes import CAM_PAPER_THRESHOLD, Box, best_iou, boxes_above, checked_map
 
 MAXBOXACC_IOUS = (0.3, 0.5, 0.7)
 """IoU thresholds of MaxBoxAccV2 (Choe et al., "Evaluating Weakly Supervised Object Localization
@@ -45,6 +47,16 @@ class LocalizationProtocol:
     maxbox_step: float = CAM_THRESHOLD_STEP
     pointing_tolerance: float = POINTING_TOLERANCE
 
+    def __post_init__(self) -> None:
+        number(self.threshold, "threshold", 0.0, 1.0)
+        number(self.iou, "iou", 1e-9, 1.0)
+        number(self.maxbox_step, "maxbox_step", 1e-6, 1.0 - 1e-9)
+        number(self.pointing_tolerance, "pointing_tolerance", 0.0, float("inf"))
+        if not self.maxbox_ious:
+            raise CamlensError("maxbox_ious must hold at least one IoU threshold")
+        for value in self.maxbox_ious:
+            number(value, "maxbox_ious", 1e-9, 1.0)
+
     @property
     def map_thresholds(self) -> np.ndarray:
         return np.arange(0.0, 1.0, self.maxbox_step)
@@ -70,7 +82,9 @@ def localize(heatmap: np.ndarray, truth: list[Box], protocol: LocalizationProtoc
     - pointing game: whether the map's maximum (the first one in row-major order) lies within
       ``pointing_tolerance`` pixels of a true box.
     """
-    scaled = normalize(heatmap)  # once, not once per threshold
+    if not isinstance(truth, (list, tuple)) or not all(isinstance(b, Box) for b in truth):
+        raise CamlensError(f"truth must be a list of Box, not {type(truth).__name__}")
+    scaled = normalize(checked_map(heatmap))  # once, not once per threshold
     boxes = boxes_above(scaled, protocol.threshold, largest=True)
     best = best_iou(boxes, truth)
     ious = np.asarray(protocol.maxbox_ious)

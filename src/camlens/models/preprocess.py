@@ -54,6 +54,18 @@ class Preprocessing:
     function: str | None = None
 
     def __post_init__(self) -> None:
+        size = self.input_size
+        if (not isinstance(size, (tuple, list)) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+            raise CamlensError(f"input_size must be (height, width) of positive integers, not {size!r}")
+        if self.channels not in (1, 3):
+            raise CamlensError(f"channels must be 3 (RGB) or 1 (grayscale), not {self.channels!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(np.atleast_1d(values)) not in (1, self.channels):
+                raise CamlensError(f"{name} must hold 1 or {self.channels} values (one per channel), got {values!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise CamlensError(f"layout must be NCHW or NHWC, not {self.layout!r}")
         if self.function is not None and self.function not in KNOWN_FUNCTIONS:
             raise CamlensError(
                 f"preprocessing function {str(self.function)[:100]!r} is not allowed; known: the "

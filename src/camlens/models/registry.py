@@ -49,7 +49,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("device cuda asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
@@ -132,6 +132,11 @@ def wrap_model(
     """
     from camlens.adapters.backends import is_keras_model
 
+    if not is_keras_model(model) and not isinstance(model, torch.nn.Module):
+        raise ModelError(f"model must be a model name, a model file, a PyTorch nn.Module or a Keras 3 model, not "
+                         f"{type(model).__name__}")
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        raise ModelError(f"preprocessing must be a camlens Preprocessing, not {type(preprocessing).__name__}")
     lab = labels_mod.from_file(labels) if labels is not None else None
     if is_keras_model(model):
         from camlens.adapters.keras.head import find_head

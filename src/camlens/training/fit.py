@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from camlens.arguments import count, number
 from camlens.data.folders import LabelledImages, stratified_split
 from camlens.errors import CamlensError, ImageError
 from camlens.imageio import write_atomic
@@ -128,6 +129,8 @@ def train(
             raise CamlensError(f"{last}: no training state to resume from")
         config = replace(saved_config(last), epochs=config.epochs)
     _check_config(config)
+    if any(d is not None and not all(hasattr(d, a) for a in ("classes", "label", "__len__")) for d in (data, val)):
+        raise CamlensError("data and val must be LabelledImages (camlens.data.folders.image_folder reads a folder)")
     dev = resolve_device(device)
     classes = list(data.classes)
     if val is None:
@@ -191,10 +194,16 @@ def _lr_factor(warmup: int, epochs: int) -> Callable[[int], float]:
 
 def _check_config(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
-        if getattr(c, name) < 1:
-            raise CamlensError(f"{name.replace('_', ' ')} must be at least 1")
-    if c.lr <= 0 or c.weight_decay < 0 or c.patience < 0 or c.workers < 0 or c.warmup < 0:
-        raise CamlensError("learning rate must be positive; weight decay, patience, warm-up and workers not negative")
+        count(getattr(c, name), name)
+    for name in ("patience", "workers", "warmup", "seed"):
+        count(getattr(c, name), name, 0)
+    if c.input_size is not None:
+        count(c.input_size, "input_size", 8)
+    number(c.lr, "lr", 1e-12, float("inf"))
+    number(c.weight_decay, "weight_decay", 0.0, float("inf"))
+    number(c.val_fraction, "val_fraction", 0.0, 0.9)
+    if not isinstance(c.arch, str):
+        raise CamlensError(f"arch must be an architecture name, not {type(c.arch).__name__}")
 
 
 @dataclass

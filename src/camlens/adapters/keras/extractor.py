@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import keras
 import numpy as np
 
 from camlens.adapters.keras import routes
 from camlens.adapters.keras.graph import LayerPath, auto_layer, layout_of, name_of, output_shape, resolve
 from camlens.adapters.keras.head import Head, find_head
+from camlens.arguments import layer_specs
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, no_head, pooled_features
@@ -59,7 +61,7 @@ class KerasExplainer:
     ) -> None:
         self.methods: list[Method] = methods_from(method)
         self._needs = needs_of(self.methods)
-        specs = [layer] if layer is None or isinstance(layer, str) or not isinstance(layer, Sequence) else list(layer)
+        specs = layer_specs(layer, keras.layers.Layer)
         check_fusion(fuse, len(specs))
         self._fuse = fuse
         self.model: Any = model

@@ -27,7 +27,7 @@ from camlens.core import targets as tg
 from camlens.core.layouts import NHWC, Layout
 from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks
 from camlens.core.targets import Column, Output
-from camlens.errors import LayerError, MethodError
+from camlens.errors import CamlensError, LayerError, MethodError, ModelFailure
 
 Columns = Callable[[np.ndarray], list[dict[LayerPath, np.ndarray]]]
 PairColumns = Callable[[np.ndarray], list[tuple[dict[LayerPath, np.ndarray], dict[LayerPath, np.ndarray]]]]
@@ -218,7 +218,14 @@ def _forward(
             return head_call
         return None
 
-    out = run(model, keras.ops.convert_to_tensor(batch), hook, descend_set(paths))
+    try:
+        out = run(model, keras.ops.convert_to_tensor(batch), hook, descend_set(paths))
+    except CamlensError:
+        raise
+    except Exception as exc:  # the model's own code refused the batch: one line, as for PyTorch
+        first = (str(exc).strip().splitlines() or ["no details"])[0][:300]
+        shape = tuple(np.shape(batch))
+        raise ModelFailure(f"the model failed on an input of shape {shape}: {type(exc).__name__}: {first}") from exc
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (list, tuple)):

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from camlens.adapters.pytorch.attention import AttentionRecord, graph_point, token_head
+from camlens.adapters.pytorch.layers import call_model
 from camlens.adapters.pytorch.layouts import layout_of
 from camlens.adapters.pytorch.outputs import canonical
 from camlens.core import targets as tg
@@ -109,7 +110,7 @@ def forward(
                 lambda module, args: head_inputs.append(args[0]) if threading.get_ident() == owner else None
             ))
         with torch.inference_mode(False), torch.no_grad():
-            result = canonical(model(batch), output, size, batch.device)
+            result = canonical(call_model(model, batch), output, size, batch.device)
     finally:
         for handle in handles:
             handle.remove()
@@ -374,7 +375,7 @@ class TorchProbe:
         size = (int(self._batch.shape[-2]), int(self._batch.shape[-1]))
 
         def forward(rows: slice) -> Output:
-            return canonical(self._model(inputs(rows)), self._output, size, self._batch.device)
+            return canonical(call_model(self._model, inputs(rows)), self._output, size, self._batch.device)
 
         with torch.inference_mode(False), torch.no_grad():
             return tg.score_rows(self._columns, columns, n, count, self.max_batch, forward)

@@ -16,6 +16,7 @@ from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
 from camlens.adapters.pytorch.layouts import model_prefix, owner_of
 from camlens.adapters.pytorch.outputs import canonical
+from camlens.arguments import layer_specs
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, pooled_features
@@ -67,7 +68,7 @@ class TorchExplainer:
         self.methods: list[Method] = methods_from(method)
         self._output = output
         model = uncompiled(model)
-        specs: list[LayerSpec | None] = [layer] if layer is None or isinstance(layer, (str, nn.Module)) else [*layer]
+        specs: list[LayerSpec | None] = layer_specs(layer, nn.Module)
         specs = [s.removeprefix("_orig_mod.") if isinstance(s, str) else s for s in specs]
         self._layout = layout
         check_fusion(fuse, len(specs))
@@ -115,6 +116,8 @@ class TorchExplainer:
         if self._layout is None:
             return {}
         if isinstance(self._layout, Mapping):
+            if not all(isinstance(k, str) for k in self._layout):
+                raise LayerError("layout= maps layer names (strings) to layouts")
             unknown = [k for k in self._layout if k.removeprefix("_orig_mod.") not in layers]
             if unknown:
                 raise LayerError(f"layout= names {unknown[0]!r}, which is not a target layer ({', '.join(layers)})")
@@ -130,9 +133,13 @@ class TorchExplainer:
                 ``None`` explains the top-1 class.
             top: with ``targets=None``, explain the ``top`` best classes of each sample.
         """
-        if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
-            raise CamlensError("expected a batch tensor of shape (N, C, H, W)")
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or not batch.is_floating_point() or not len(batch):
+            shown = f"{tuple(batch.shape)} {batch.dtype}" if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise CamlensError(f"expected a float batch tensor of shape (N, C, H, W) with N >= 1, got {shown}")
         model = self.model
+        weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if weight is not None and batch.dtype != weight.dtype:
+            batch = batch.to(weight.dtype)  # a float64 batch for a float32 model, as a user would mean it
         if model.training:
             warnings.warn("model is in training mode; call model.eval() for stable maps", stacklevel=2)
         with torch.inference_mode(False):  # tensors made below must be usable by autograd

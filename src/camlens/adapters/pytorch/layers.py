@@ -13,7 +13,7 @@ from torch import nn
 
 from camlens.adapters.pytorch.layouts import layout_of
 from camlens.core.layouts import TOKENS, Layout
-from camlens.errors import LayerError
+from camlens.errors import CamlensError, LayerError, ModelFailure
 
 LayerSpec = str | nn.Module
 _TRACE_LOCK = threading.Lock()
@@ -65,6 +65,19 @@ def resolve(model: nn.Module, spec: LayerSpec) -> tuple[str, nn.Module]:
     raise LayerError(f"model has no layer {spec!r}{hint}")
 
 
+def call_model(model: nn.Module, x: torch.Tensor) -> object:
+    """``model(x)``, a failure of the model's own code (a wrong number of channels, a dtype it
+    does not take) raised as one-line :class:`ModelFailure`."""
+    try:
+        return model(x)
+    except CamlensError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or ["no details"])[0][:300]
+        raise ModelFailure(f"the model failed on an input of shape {tuple(x.shape)} ({x.dtype}): "
+                         f"{type(exc).__name__}: {first}") from exc
+
+
 def trace(model: nn.Module, example: torch.Tensor, output: list[object] | None = None) -> list[LayerInfo]:
     """Run ``example`` through the model once (no gradients) and record every named module's
     output shape, in the order modules finished (and the model's output in ``output``, when
@@ -110,7 +123,7 @@ def trace(model: nn.Module, example: torch.Tensor, output: list[object] | None =
                 with _TRACE_LOCK:
                     result = torch.func.functional_call(model, state, (example,))
             else:
-                result = model(example[:1])
+                result = call_model(model, example[:1])
         if output is not None:
             output.append(result)
     finally:
