@@ -60,8 +60,8 @@ def test_method_registry_names_and_aliases() -> None:
     assert isinstance(get_method("Grad-CAM++"), GradCAMPlusPlus)
     assert isinstance(get_method("grad_cam"), GradCAM)
     assert isinstance(get_method("GradCAM"), GradCAM) and isinstance(get_method("gradcampp"), GradCAMPlusPlus)
-    with pytest.raises(MethodError, match=r"unknown method 'scorecam'; did you mean .*\(choose from cam, gradcam"):
-        get_method("scorecam")
+    with pytest.raises(MethodError, match=r"unknown method 'gradcamx'; did you mean .*\(choose from cam, gradcam"):
+        get_method("gradcamx")
 
 
 def test_normalize_min_max_and_constant_maps_become_zero() -> None:

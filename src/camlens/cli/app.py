@@ -217,7 +217,7 @@ def method_rows() -> list[tuple[str, tuple[str, ...], str, str, str, str, str]]:
     for cls in method_classes():
         needs = ", ".join(sorted(n.value for n in cls.needs)) or "activations"
         b = cls.backwards
-        cost = "1 forward" + (f" + {b} backward{'s' if b > 1 else ''} per target" if b else "")
+        cost = cls.cost or "1 forward" + (f" + {b} backward{'s' if b > 1 else ''} per target" if b else "")
         rows.append((cls.name, cls.aliases, cls.title, cls.paper, needs, cost, cls.formula))
     return rows
 

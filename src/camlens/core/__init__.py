@@ -4,6 +4,7 @@ Everything here works on NumPy arrays laid out as ``(N, C, H, W)``; framework ad
 (:mod:`camlens.adapters`) run the model and hand over a :class:`~camlens.core.record.ForwardPass`.
 """
 
+from camlens.core import perturbation  # noqa: F401  (registers the methods that run the model again)
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method, canonical_name, get_method, method_classes, method_names
 from camlens.core.record import ATTENTION_NEEDS, ClassifierHead, ForwardPass, LayerRecord, Need

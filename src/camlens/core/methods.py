@@ -34,7 +34,8 @@ class Method(ABC):
 
     Subclasses set ``name`` (canonical registry key), ``title``, ``paper``, ``formula`` (one
     line, for listings), ``needs`` and ``backwards`` (backward passes per target beyond the
-    shared forward), optionally ``aliases``, and implement :meth:`maps`.
+    shared forward), optionally ``aliases`` and ``cost`` (in words, for methods that run the model
+    again), and implement :meth:`maps`.
 
     Args:
         model: optional; binds the method to a PyTorch module or Keras model so that calling
@@ -51,6 +52,8 @@ class Method(ABC):
     backwards: ClassVar[int] = 0
     aliases: ClassVar[tuple[str, ...]] = ()
     formula: ClassVar[str]
+    cost: ClassVar[str | None] = None
+    """The cost per image in words, for methods whose cost is not a count of backward passes."""
 
     def __init__(self, model: Any = None, layer: Any = None, *, output: int | str | None = None,
                  layout: Any = None) -> None:

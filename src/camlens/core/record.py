@@ -92,28 +92,40 @@ class ClassifierHead:
 class Probe(Protocol):
     """Extra forward passes of one batch, as an adapter runs them: chunked (at most
     ``max_batch`` inputs per forward), without gradients, on the model's device. Both return
-    ``(N, M, K)`` scores of the batch's target columns (the decisions each target froze on the
-    batch, applied to every new output), one row of ``M`` per sample.
+    ``(S, M, K)`` scores of the batch's target columns (the decisions each target froze on the
+    batch, applied to every new output), one row of ``M`` per sample scored: every sample of
+    the batch, or those listed in ``samples``.
+
+    Attributes:
+        max_batch: inputs per forward pass.
+        input_size: ``(H, W)`` of the model's input, the size of :meth:`score_masked`'s masks.
     """
 
     max_batch: int
+    input_size: tuple[int, int]
 
-    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0,
-                     columns: np.ndarray | None = None) -> np.ndarray:
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0, columns: np.ndarray | None = None,
+                     samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
         """Scores of ``x * m + baseline * (1 - m)`` for each mask ``m``.
 
         Args:
-            masks: ``(M, H, W)`` shared by every sample, or ``(N, M, H, W)``, at the input's
-                resolution, broadcast over channels.
+            masks: ``(M, H, W)`` shared by every sample scored, or ``(S, M, H, W)``, at the
+                input's resolution, broadcast over channels.
             baseline: a value, or an array broadcastable to one preprocessed input in the
                 model's own layout (``(C, H, W)`` for PyTorch, ``(H, W, C)`` for Keras).
             columns: which target columns to score (indices; a record's ``columns``), all by default.
+            samples: which samples of the batch to score (indices), all by default.
+            probability: score class columns as softmax probabilities, not logits.
         """
         ...
 
-    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None,
+                       samples: np.ndarray | None = None) -> np.ndarray:
         """Scores with ``layer``'s output replaced by each of ``activations``,
-        ``(N, M, C, h, w)`` channels first (the adapter converts them to the layer's layout)."""
+        ``(S, M, C, h, w)`` channels first (the adapter converts them to the layer's layout).
+        Where the model allows, the layers before ``layer`` run once per forward, not once per
+        replacement (an adapter checks that this gives the model's own scores, else runs every
+        replacement whole)."""
         ...
 
 
@@ -129,7 +141,8 @@ def not_feature_maps(layer: str, shape: tuple[int | None, ...], layouts: bool = 
 
 
 def per_sample_masks(masks: np.ndarray, n: int, size: tuple[int, int]) -> np.ndarray:
-    """Masks for :meth:`Probe.score_masked` as ``(N, M, H, W)`` float32 (shared masks broadcast).
+    """Masks for :meth:`Probe.score_masked` as ``(N, M, H, W)`` float32 (shared masks broadcast)
+    for ``n`` samples scored.
 
     Raises:
         MethodError: not ``(M, H, W)`` or ``(N, M, H, W)`` at the input's ``size``.

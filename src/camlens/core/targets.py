@@ -770,16 +770,19 @@ def resolve(spec: Targets, out: Output, top: int | None = None) -> list[Column]:
     return columns
 
 
-def score(columns: Sequence[Column], out: Output, samples: np.ndarray | None = None) -> Any:
+def score(columns: Sequence[Column], out: Output, samples: np.ndarray | None = None, probability: bool = False) -> Any:
     """``(rows, K)`` scores of ``columns`` on ``out`` (rows of ``samples``; the batch itself
-    by default). Adjacent plain class columns are gathered in one operation."""
+    by default). Adjacent plain class columns are gathered in one operation; with
+    ``probability`` they are read as softmax probabilities instead of logits (other kinds of
+    score are unchanged)."""
     s = np.arange(out.size) if samples is None else np.asarray(samples, dtype=np.int64)
     parts: list[Any] = []
     run: list[Column] = []
+    plain = out.ops.softmax(out.value) if probability and out.kind == SCORES else out.value
 
     def flush() -> None:
         if run:
-            parts.append(out.ops.take(out.value, np.stack([c.classes for c in run], axis=1)[s]))
+            parts.append(out.ops.take(plain, np.stack([c.classes for c in run], axis=1)[s]))
             run.clear()
 
     for column in columns:
@@ -795,24 +798,32 @@ def score(columns: Sequence[Column], out: Output, samples: np.ndarray | None = N
 
 
 def score_rows(columns: Sequence[Column] | None, chosen: np.ndarray | None, n: int, count: int, max_batch: int,
-               forward: Callable[[slice], Output]) -> np.ndarray:
-    """``(N, M, K)`` scores of ``count`` variants of each of ``n`` samples, run ``max_batch``
-    rows at a time: ``forward(rows)`` returns the model's output for a slice of the ``n * M``
-    rows (row ``r`` is a variant of sample ``r // count``). ``chosen`` picks columns (all by
-    default); without ``columns``, every class of each output is scored. The probe loop both
-    adapters share."""
+               forward: Callable[[slice], Output], samples: np.ndarray | None = None,
+               probability: bool = False) -> np.ndarray:
+    """``(S, M, K)`` scores of ``count`` variants of each of ``S`` samples, run ``max_batch``
+    rows at a time: ``forward(rows)`` returns the model's output for a slice of the ``S * M``
+    rows (row ``r`` is a variant of sample ``samples[r // count]``; ``samples`` defaults to the
+    ``n`` of the batch). With ``samples`` given, a slice never spans two samples. ``chosen``
+    picks columns (all by default); without ``columns``, every class of each output is scored;
+    ``probability`` reads class columns as probabilities (see :func:`score`). The probe loop
+    both adapters share."""
     picked = columns if chosen is None or columns is None else [columns[int(c)] for c in chosen]
+    which = np.arange(n) if samples is None else np.asarray(samples, dtype=np.int64)
+    total = len(which) * count
+    step = max_batch if samples is None else min(max_batch, count)
+    starts = range(0, total, step) if samples is None else (
+        start for first in range(0, total, count) for start in range(first, first + count, step))
     out: list[np.ndarray] = []
-    for start in range(0, n * count, max_batch):
-        rows = slice(start, min(start + max_batch, n * count))
+    for start in starts:
+        rows = slice(start, min(start + step, total, (start // count + 1) * count if samples is not None else total))
         output = forward(rows)
         if picked is None:  # every class of each output
-            scores = score(resolve(ALL, output), output)
+            scores = score(resolve(ALL, output), output, probability=probability)
         else:
-            scores = score(picked, output, np.arange(rows.start, rows.stop) // count)
+            scores = score(picked, output, which[np.arange(rows.start, rows.stop) // count], probability)
         out.append(output.ops.numpy(scores))
     values = np.concatenate(out)
-    return values.reshape(n, count, values.shape[1])
+    return values.reshape(len(which), count, values.shape[1])
 
 
 def classes_of(columns: Sequence[Column]) -> np.ndarray:

@@ -110,10 +110,12 @@ class KerasProbe:
     its graph (pre-activation scores, as for gradients), at most ``max_batch`` inputs at a time,
     the batch's target ``columns`` scored on each output (every class when None).
 
-    ``score_replaced`` swaps the layer's output during the run (the layers before it still run,
-    so residual connections that bypass it are exact); activations arrive channels first and
-    are handed to the model in the layer's layout (``capture``'s; a token layer keeps each
-    sample's own prefix tokens).
+    ``score_replaced`` swaps the layer's output during the run. As for PyTorch, where a check
+    shows the model allows it (the unchanged output twice from one input row scores as the
+    model does), one input row per forward serves every replacement of that sample, so the
+    layers before run once per forward; otherwise each replacement runs the whole model.
+    Activations arrive channels first and are handed to the model in the layer's layout
+    (``capture``'s; a token layer keeps each sample's own prefix tokens).
     """
 
     def __init__(self, model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head,
@@ -122,52 +124,87 @@ class KerasProbe:
         self._capture = capture
         self._paths = {name_of(p): p for p in paths}
         self._columns = list(columns) if columns is not None else None
+        self._shared: dict[str, bool] = {}
         self.max_batch = max_batch
+        self.input_size = (int(self._batch.shape[1]), int(self._batch.shape[2]))
 
-    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0,
-                     columns: np.ndarray | None = None) -> np.ndarray:
-        n = self._batch.shape[0]
-        m = per_sample_masks(masks, n, self._batch.shape[1:3])
+    def _which(self, samples: np.ndarray | None) -> np.ndarray:
+        return np.arange(self._batch.shape[0]) if samples is None else np.asarray(samples, dtype=np.int64)
+
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0, columns: np.ndarray | None = None,
+                     samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
+        which = self._which(samples)
+        m = per_sample_masks(masks, len(which), self.input_size)
         flat = m.reshape(-1, *m.shape[2:])[..., None]
         base = np.asarray(baseline, dtype=np.float32)
         count = m.shape[1]
 
         def inputs(rows: slice) -> np.ndarray:
-            x = self._batch[np.arange(rows.start, rows.stop) // count]
+            x = self._batch[which[np.arange(rows.start, rows.stop) // count]]
             return x * flat[rows] + base * (1.0 - flat[rows])
 
-        return self._scores(n, count, inputs, None, columns)
+        return self._scores(count, inputs, None, columns, which, samples is not None, probability)
 
-    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None,
+                       samples: np.ndarray | None = None) -> np.ndarray:
         if layer not in self._paths:
             raise MethodError(f"layer {layer!r} was not captured; replace one of {', '.join(self._paths)}")
-        n, count = activations.shape[:2]
-        flat = activations.reshape(n * count, *activations.shape[2:])
+        which = self._which(samples)
+        if activations.shape[0] != len(which):
+            raise MethodError(f"replacements for {len(which)} samples expected, got {activations.shape[0]}")
+        count = activations.shape[1]
+        flat = activations.reshape(len(which) * count, *activations.shape[2:])
         path = self._paths[layer]
         layout = self._capture.layout(path) if self._capture is not None else Layout(NHWC)
         current: list[Any] = []
+        shared = self._prefix_shared(layer, current, columns, int(which[0]))
 
         def inputs(rows: slice) -> np.ndarray:
-            samples = np.arange(rows.start, rows.stop) // count
-            like = self._capture.raw[path][samples] if self._capture is not None else flat[rows]
+            rows_of = which[np.arange(rows.start, rows.stop) // count]
+            like = self._capture.raw[path][rows_of] if self._capture is not None else flat[rows]
             current[:] = [keras.ops.convert_to_tensor(layout.from_nchw(flat[rows], like))]
-            return self._batch[samples]
+            return self._batch[rows_of[:1] if shared else rows_of]
 
-        return self._scores(n, count, inputs, (self._paths[layer], current), columns)
+        return self._scores(count, inputs, (path, current), columns, which, True)
+
+    def _prefix_shared(self, layer: str, current: list[Any], columns: np.ndarray | None, sample: int) -> bool:
+        """Whether ``layer``'s replacements may share one run of the layers before it (see the
+        class docstring)."""
+        if layer not in self._shared:
+            if self._capture is None:
+                self._shared[layer] = False
+                return False
+            own = np.asarray(self._capture.raw[self._paths[layer]][sample : sample + 1])
+            which, replace = np.array([sample]), (self._paths[layer], current)
+
+            def check(rows: int) -> Callable[[slice], np.ndarray]:
+                def inputs(_: slice) -> np.ndarray:
+                    current[:] = [keras.ops.convert_to_tensor(np.repeat(own, rows, axis=0))]
+                    return self._batch[sample : sample + 1]
+                return inputs
+
+            try:
+                twice = self._scores(2, check(2), replace, columns, which, True, batch=2)
+            except (ModelFailure, ValueError):
+                twice = None
+            self._shared[layer] = twice is not None and bool(
+                np.allclose(twice, self._scores(1, check(1), replace, columns, which, True)[:, [0, 0]], rtol=1e-4, atol=1e-5))
+        return self._shared[layer]
 
     def _scores(
-        self, n: int, count: int, inputs: Callable[[slice], np.ndarray], replace: tuple[LayerPath, list[Any]] | None,
-        columns: np.ndarray | None,
+        self, count: int, inputs: Callable[[slice], np.ndarray], replace: tuple[LayerPath, list[Any]] | None,
+        columns: np.ndarray | None, which: np.ndarray, per_sample: bool, probability: bool = False,
+        batch: int | None = None,
     ) -> np.ndarray:
         paths = [replace[0]] if replace else []
-        size = (int(self._batch.shape[1]), int(self._batch.shape[2]))
 
         def forward(rows: slice) -> Output:
             value, _ = _forward(self._model, inputs(rows), paths, self._head, lambda p, o: replace[1][0] if replace else o)
-            return output_of(self._head, value, size)
+            return output_of(self._head, value, self.input_size)
 
         with _no_grad():
-            return tg.score_rows(self._columns, columns, n, count, self.max_batch, forward)
+            return tg.score_rows(self._columns, columns, int(self._batch.shape[0]), count, batch or self.max_batch, forward,
+                                 which if per_sample else None, probability)
 
 
 def _no_grad() -> Any:

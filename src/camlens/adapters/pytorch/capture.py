@@ -18,7 +18,8 @@ How gradients stay cheap and the caller's model untouched:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import overload
 
@@ -34,7 +35,7 @@ from camlens.core import targets as tg
 from camlens.core.layouts import Layout
 from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks
 from camlens.core.targets import SCORES, Column, Output
-from camlens.errors import LayerError, MethodError
+from camlens.errors import LayerError, MethodError, ModelFailure
 
 
 @dataclass
@@ -310,8 +311,12 @@ class TorchProbe:
 
     Scores are the batch's target ``columns`` on each new output (every class when None).
     ``score_replaced`` swaps a target layer's output in a temporary forward hook (removed in
-    ``finally``); the layers before it still run, so it is exact for any graph (residual
-    connections that bypass the layer included). Channels-first replacements go back to the
+    ``finally``). Where the model allows it, the input is one row per forward and the hook
+    returns every replacement of that sample, so the layers before the target layer run once
+    per forward instead of once per replacement (residual connections from before the layer
+    broadcast). Whether the model allows it is checked once per layer (the unchanged layer
+    output, twice, must give the model's own scores); otherwise every replacement runs the
+    whole model, which is exact for any graph. Channels-first replacements go back to the
     layer's layout (``capture``'s); a token layer keeps each sample's own prefix tokens.
     """
 
@@ -321,30 +326,52 @@ class TorchProbe:
         self._model, self._batch, self._layers = model, batch, dict(layers)
         self._columns, self._output = (list(columns) if columns is not None else None), output
         self._capture = capture
+        self._shared: dict[str, bool] = {}
         self.max_batch = max_batch
+        self.input_size = (int(batch.shape[2]), int(batch.shape[3]))
 
-    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0,
-                     columns: np.ndarray | None = None) -> np.ndarray:
-        n = self._batch.shape[0]
-        m = per_sample_masks(masks, n, (int(self._batch.shape[2]), int(self._batch.shape[3])))
+    def _which(self, samples: np.ndarray | None) -> np.ndarray:
+        return np.arange(self._batch.shape[0]) if samples is None else np.asarray(samples, dtype=np.int64)
+
+    def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0, columns: np.ndarray | None = None,
+                     samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
+        which = self._which(samples)
+        m = per_sample_masks(masks, len(which), self.input_size)
         base = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=self._batch.device)
-        flat = torch.from_numpy(np.ascontiguousarray(m.reshape(-1, *m.shape[2:])))
+        flat = torch.from_numpy(np.require(m.reshape(-1, *m.shape[2:]), requirements=["C", "W"]))
         count = m.shape[1]
 
         def inputs(rows: slice) -> torch.Tensor:
             mask = flat[rows].to(self._batch.device, self._batch.dtype)[:, None]
-            x = self._batch[torch.arange(rows.start, rows.stop) // count]
+            x = self._batch[torch.as_tensor(which[np.arange(rows.start, rows.stop) // count])]
             return x * mask + base * (1 - mask)
 
-        return self._scores(n, count, inputs, columns)
+        return self._scores(count, inputs, columns, which, samples is not None, probability)
 
-    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None,
+                       samples: np.ndarray | None = None) -> np.ndarray:
         if layer not in self._layers:
             raise LayerError(f"layer {layer!r} was not captured; replace one of {', '.join(self._layers)}")
-        n, count = activations.shape[:2]
-        flat = np.ascontiguousarray(activations.reshape(n * count, *activations.shape[2:]))
-        module = self._layers[layer]
+        which = self._which(samples)
+        if activations.shape[0] != len(which):
+            raise MethodError(f"replacements for {len(which)} samples expected, got {activations.shape[0]}")
+        count = activations.shape[1]
+        flat = np.ascontiguousarray(activations.reshape(len(which) * count, *activations.shape[2:]))
         current: list[torch.Tensor] = []
+        with self._replacing(layer, current):
+            shared = self._prefix_shared(layer, current, columns, int(which[0]))
+
+            def inputs(rows: slice) -> torch.Tensor:
+                rows_of = which[np.arange(rows.start, rows.stop) // count]
+                current[:] = [torch.from_numpy(self._layout_of(layer, flat[rows], rows_of)).to(
+                    self._batch.device, self._batch.dtype)]
+                return self._batch[torch.as_tensor(rows_of[:1] if shared else rows_of)]
+
+            return self._scores(count, inputs, columns, which, True)
+
+    @contextmanager
+    def _replacing(self, layer: str, current: list[torch.Tensor]) -> Iterator[None]:
+        """A temporary hook making ``layer`` output ``current[0]`` (in this thread only)."""
         owner = threading.get_ident()
 
         def replace(mod: nn.Module, args: object, out: object) -> object:
@@ -352,17 +379,35 @@ class TorchProbe:
                 return None
             return (current[0], *out[1:]) if isinstance(out, tuple) else current[0]
 
-        handle = module.register_forward_hook(replace)
+        handle = self._layers[layer].register_forward_hook(replace)
         try:
-            def inputs(rows: slice) -> torch.Tensor:
-                samples = torch.arange(rows.start, rows.stop) // count
-                current[:] = [torch.from_numpy(self._layout_of(layer, flat[rows], samples.numpy())).to(
-                    self._batch.device, self._batch.dtype)]
-                return self._batch[samples]
-
-            return self._scores(n, count, inputs, columns)
+            yield
         finally:
             handle.remove()
+
+    def _prefix_shared(self, layer: str, current: list[torch.Tensor], columns: np.ndarray | None, sample: int) -> bool:
+        """Whether ``layer``'s replacements may share one run of the layers before it: the
+        unchanged output twice, from one input row, must score as the model scores the row."""
+        if layer not in self._shared:
+            if self._capture is None or layer not in self._capture.activations:
+                self._shared[layer] = False
+                return False
+            own = self._capture.activations[layer].detach()[sample : sample + 1]
+            which = np.array([sample])
+
+            def check(rows: int) -> Callable[[slice], torch.Tensor]:
+                def inputs(_: slice) -> torch.Tensor:
+                    current[:] = [own.expand(rows, *own.shape[1:]).contiguous()]
+                    return self._batch[sample : sample + 1]
+                return inputs
+
+            try:
+                twice = self._scores(2, check(2), columns, which, True, batch=2)
+            except (ModelFailure, ValueError, RuntimeError):
+                twice = None
+            self._shared[layer] = twice is not None and bool(
+                np.allclose(twice, self._scores(1, check(1), columns, which, True)[:, [0, 0]], rtol=1e-4, atol=1e-5))
+        return self._shared[layer]
 
     def _layout_of(self, layer: str, maps: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """Channels-first rows back in the layer's own layout."""
@@ -371,11 +416,14 @@ class TorchProbe:
         original = _numpy(self._capture.activations[layer])[samples]
         return self._capture.layouts[layer].from_nchw(maps, original)
 
-    def _scores(self, n: int, count: int, inputs: Callable[[slice], torch.Tensor], columns: np.ndarray | None) -> np.ndarray:
-        size = (int(self._batch.shape[-2]), int(self._batch.shape[-1]))
+    def _scores(self, count: int, inputs: Callable[[slice], torch.Tensor], columns: np.ndarray | None,
+                which: np.ndarray, per_sample: bool, probability: bool = False, batch: int | None = None) -> np.ndarray:
+        """Score ``count`` variants of each sample in ``which`` (see :func:`~camlens.core.targets.score_rows`)."""
+        size = self.input_size
 
         def forward(rows: slice) -> Output:
             return canonical(call_model(self._model, inputs(rows)), self._output, size, self._batch.device)
 
         with torch.inference_mode(False), torch.no_grad():
-            return tg.score_rows(self._columns, columns, n, count, self.max_batch, forward)
+            return tg.score_rows(self._columns, columns, int(self._batch.shape[0]), count, batch or self.max_batch, forward,
+                                 which if per_sample else None, probability)
