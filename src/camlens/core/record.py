@@ -12,14 +12,14 @@ each method maps a record to raw maps. Nothing here imports a framework.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from camlens.core.targets import Output
-from camlens.errors import LayerError, MethodError
+from camlens.errors import LayerError, MethodError, ModelFailure
 
 
 class Need(enum.Enum):
@@ -138,6 +138,23 @@ def not_feature_maps(layer: str, shape: tuple[int | None, ...], layouts: bool = 
         f"layer {layer!r} outputs shape {tuple(shape)}, not a feature map ({known}); pick another layer "
         f"(`camlens layers MODEL` lists them){hint}"
     )
+
+
+def probe_samples(n: int, samples: np.ndarray | None) -> np.ndarray:
+    """The sample indices a :class:`Probe` call scores: ``samples``, or all ``n`` of the batch."""
+    return np.arange(n) if samples is None else np.asarray(samples, dtype=np.int64)
+
+
+def prefix_shared(twice: Callable[[], np.ndarray], once: Callable[[], np.ndarray]) -> bool:
+    """Whether a probe may run the layers before a replaced layer once for all replacements:
+    ``twice()`` scores the layer's unchanged output twice from one input row (``(1, 2, K)``),
+    ``once()`` the row as the model runs it (``(1, 1, K)``); they must agree, and the model must
+    accept the broadcast batch at all."""
+    try:
+        doubled = twice()
+    except (ModelFailure, ValueError):  # the model refused rows it did not get as input
+        return False
+    return bool(np.allclose(doubled, once()[:, [0, 0]], rtol=1e-4, atol=1e-5))
 
 
 def per_sample_masks(masks: np.ndarray, n: int, size: tuple[int, int]) -> np.ndarray:

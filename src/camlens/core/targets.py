@@ -810,12 +810,11 @@ def score_rows(columns: Sequence[Column] | None, chosen: np.ndarray | None, n: i
     picked = columns if chosen is None or columns is None else [columns[int(c)] for c in chosen]
     which = np.arange(n) if samples is None else np.asarray(samples, dtype=np.int64)
     total = len(which) * count
-    step = max_batch if samples is None else min(max_batch, count)
-    starts = range(0, total, step) if samples is None else (
-        start for first in range(0, total, count) for start in range(first, first + count, step))
+    span = total if samples is None else count  # no slice crosses a span: with samples, one sample's rows
+    step = min(max_batch, span)
     out: list[np.ndarray] = []
-    for start in starts:
-        rows = slice(start, min(start + step, total, (start // count + 1) * count if samples is not None else total))
+    for rows in (slice(start, min(start + step, first + span))
+                 for first in range(0, total, span) for start in range(first, first + span, step)):
         output = forward(rows)
         if picked is None:  # every class of each output
             scores = score(resolve(ALL, output), output, probability=probability)

@@ -25,7 +25,7 @@ from camlens.adapters.keras.head import Head, _kind, pre_activation
 from camlens.adapters.keras.outputs import output_of
 from camlens.core import targets as tg
 from camlens.core.layouts import NHWC, Layout
-from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks
+from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks, prefix_shared, probe_samples
 from camlens.core.targets import Column, Output
 from camlens.errors import CamlensError, LayerError, MethodError, ModelFailure
 
@@ -128,12 +128,9 @@ class KerasProbe:
         self.max_batch = max_batch
         self.input_size = (int(self._batch.shape[1]), int(self._batch.shape[2]))
 
-    def _which(self, samples: np.ndarray | None) -> np.ndarray:
-        return np.arange(self._batch.shape[0]) if samples is None else np.asarray(samples, dtype=np.int64)
-
     def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0, columns: np.ndarray | None = None,
                      samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
-        which = self._which(samples)
+        which = probe_samples(int(self._batch.shape[0]), samples)
         m = per_sample_masks(masks, len(which), self.input_size)
         flat = m.reshape(-1, *m.shape[2:])[..., None]
         base = np.asarray(baseline, dtype=np.float32)
@@ -149,7 +146,7 @@ class KerasProbe:
                        samples: np.ndarray | None = None) -> np.ndarray:
         if layer not in self._paths:
             raise MethodError(f"layer {layer!r} was not captured; replace one of {', '.join(self._paths)}")
-        which = self._which(samples)
+        which = probe_samples(int(self._batch.shape[0]), samples)
         if activations.shape[0] != len(which):
             raise MethodError(f"replacements for {len(which)} samples expected, got {activations.shape[0]}")
         count = activations.shape[1]
@@ -183,12 +180,8 @@ class KerasProbe:
                     return self._batch[sample : sample + 1]
                 return inputs
 
-            try:
-                twice = self._scores(2, check(2), replace, columns, which, True, batch=2)
-            except (ModelFailure, ValueError):
-                twice = None
-            self._shared[layer] = twice is not None and bool(
-                np.allclose(twice, self._scores(1, check(1), replace, columns, which, True)[:, [0, 0]], rtol=1e-4, atol=1e-5))
+            self._shared[layer] = prefix_shared(lambda: self._scores(2, check(2), replace, columns, which, True, batch=2),
+                                                lambda: self._scores(1, check(1), replace, columns, which, True))
         return self._shared[layer]
 
     def _scores(

@@ -33,9 +33,16 @@ from camlens.adapters.pytorch.layouts import layout_of
 from camlens.adapters.pytorch.outputs import canonical
 from camlens.core import targets as tg
 from camlens.core.layouts import Layout
-from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks
+from camlens.core.record import (
+    AttentionMaps,
+    ClassifierHead,
+    not_feature_maps,
+    per_sample_masks,
+    prefix_shared,
+    probe_samples,
+)
 from camlens.core.targets import SCORES, Column, Output
-from camlens.errors import LayerError, MethodError, ModelFailure
+from camlens.errors import LayerError, MethodError
 
 
 @dataclass
@@ -330,12 +337,9 @@ class TorchProbe:
         self.max_batch = max_batch
         self.input_size = (int(batch.shape[2]), int(batch.shape[3]))
 
-    def _which(self, samples: np.ndarray | None) -> np.ndarray:
-        return np.arange(self._batch.shape[0]) if samples is None else np.asarray(samples, dtype=np.int64)
-
     def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0, columns: np.ndarray | None = None,
                      samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
-        which = self._which(samples)
+        which = probe_samples(int(self._batch.shape[0]), samples)
         m = per_sample_masks(masks, len(which), self.input_size)
         base = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=self._batch.device)
         flat = torch.from_numpy(np.require(m.reshape(-1, *m.shape[2:]), requirements=["C", "W"]))
@@ -352,7 +356,7 @@ class TorchProbe:
                        samples: np.ndarray | None = None) -> np.ndarray:
         if layer not in self._layers:
             raise LayerError(f"layer {layer!r} was not captured; replace one of {', '.join(self._layers)}")
-        which = self._which(samples)
+        which = probe_samples(int(self._batch.shape[0]), samples)
         if activations.shape[0] != len(which):
             raise MethodError(f"replacements for {len(which)} samples expected, got {activations.shape[0]}")
         count = activations.shape[1]
@@ -401,12 +405,8 @@ class TorchProbe:
                     return self._batch[sample : sample + 1]
                 return inputs
 
-            try:
-                twice = self._scores(2, check(2), columns, which, True, batch=2)
-            except (ModelFailure, ValueError, RuntimeError):
-                twice = None
-            self._shared[layer] = twice is not None and bool(
-                np.allclose(twice, self._scores(1, check(1), columns, which, True)[:, [0, 0]], rtol=1e-4, atol=1e-5))
+            self._shared[layer] = prefix_shared(lambda: self._scores(2, check(2), columns, which, True, batch=2),
+                                                lambda: self._scores(1, check(1), columns, which, True))
         return self._shared[layer]
 
     def _layout_of(self, layer: str, maps: np.ndarray, samples: np.ndarray) -> np.ndarray:
