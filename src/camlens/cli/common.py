@@ -18,8 +18,8 @@ from camlens.errors import CamlensError
 
 app = typer.Typer(
     help=(
-        "See where an image classifier looks: CAM, Grad-CAM, Grad-CAM++ and the rest of the family, attention "
-        "rollout and LeGrad for vision transformers; train classifiers, box objects, score methods."
+        "See where an image classifier looks: CAM, Grad-CAM, Grad-CAM++ and the rest of the family, Score-CAM and "
+        "Ablation-CAM, attention rollout and LeGrad for vision transformers; train classifiers, box objects, score methods."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
