@@ -98,7 +98,7 @@ def test_user_errors_are_one_line_without_traceback(samples_dir: Path, tmp_path:
     cases = [
         (["--target", "expresso"], "error: no class named 'expresso'; closest: 'espresso'"),
         (["--layer", "blocks.9"], "error: model has no layer 'blocks.9'"),
-        (["--method", "scorecam"], "error: unknown method 'scorecam'"),
+        (["--method", "gradcamx"], "error: unknown method 'gradcamx'"),
         (["--colormap", "jett"], "error: unknown colormap 'jett'; did you mean jet"),
         (["--model", "vgg99"], "error: unknown model 'vgg99'; did you mean vgg19"),
     ]
