@@ -40,6 +40,21 @@ def test_targets_mix_names_indices_and_top_k(lens: Lens) -> None:
         lens.explain([cat], target="tabbby")
 
 
+def test_finer_targets_by_name_on_the_bundled_model(lens: Lens) -> None:
+    """Finer-CAM on the cat (top class Egyptian cat, then tabby and tiger cat): against its
+    neighbours the map differs from the plain Grad-CAM of the same class; the file tag and the
+    title say which score it is."""
+    cat = sample_image("chelsea")
+    [items] = lens.explain([cat], "gradcam", None, ["finer", "finer:tiger cat", "Egyptian cat"])
+    finer_top, finer_tiger, plain = items
+    assert finer_top.kind == finer_tiger.kind == "finer" and plain.kind == "class"
+    assert finer_top.target.index == plain.target.index == 285 and finer_tiger.target.index == 282
+    assert finer_top.tag == plain.tag + "-finer" and "Egyptian cat" in finer_top.title
+    assert np.corrcoef(finer_top.raw.ravel(), plain.raw.ravel())[0, 1] < 0.99
+    with pytest.raises(TargetError, match="no class named"):
+        lens.explain([cat], target="finer:tabbby")
+
+
 def test_lens_on_a_users_module_with_labels(tmp_path: Path) -> None:
     model = torchvision.models.resnet18(num_classes=3).eval()
     (tmp_path / "labels.txt").write_text("ant\nbee\nwasp\n")

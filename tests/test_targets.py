@@ -55,7 +55,7 @@ class OneUnit(TinyGapNet):
 
 def test_registry_lists_every_kind_once() -> None:
     kinds = [k.kind for k in target_kinds()]
-    assert kinds == ["class", "top", "all", "probability", "sigmoid", "score", "segmentation", "similarity", "detection"]
+    assert kinds == ["class", "top", "all", "probability", "sigmoid", "finer", "score", "segmentation", "similarity", "detection"]
     assert all(k.summary and k.outputs for k in target_kinds())
 
 

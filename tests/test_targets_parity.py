@@ -30,7 +30,7 @@ from torch import nn
 
 from camlens import Explainer
 from camlens.core import normalize, upsample
-from camlens.targets import Class, Detection, Segmentation, Similarity
+from camlens.targets import Class, Detection, Finer, Segmentation, Similarity
 
 ATOL = 1e-5
 
@@ -103,6 +103,34 @@ def test_semantic_segmentation_target_parity() -> None:
     theirs = _theirs(Out(model), model.backbone["16"], x,
                      [SemanticSegmentationTarget(1, user_mask) for _ in range(2)])
     np.testing.assert_allclose(_ours(model, "backbone.16", x, Segmentation(1, user_mask)), theirs, atol=ATOL)
+
+
+def test_finer_cam_parity_and_hand_computation() -> None:
+    """pytorch-grad-cam's FinerCAM (Grad-CAM of its FinerWeightedTarget, the authors' code) on
+    the top class and on a given class, and the score by hand: the 3 classes whose logits are
+    nearest, weighted by their softmax probabilities."""
+    from pytorch_grad_cam import FinerCAM
+
+    torch.manual_seed(2)
+    model = torchvision.models.resnet18(num_classes=12).eval()
+    x = _batch(64)
+    with FinerCAM(model, [model.layer4]) as cam:
+        theirs = np.asarray(cam(x))
+    np.testing.assert_allclose(_ours(model, "layer4", x, Finer()), theirs, atol=ATOL)
+    with FinerCAM(model, [model.layer4]) as cam:
+        theirs = np.asarray(cam(x, target_idx=5, alpha=0.5))
+    np.testing.assert_allclose(_ours(model, "layer4", x, Finer(5, alpha=0.5)), theirs, atol=ATOL)
+
+    def finer(z: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for zi in z:
+            refs = torch.argsort((zi - zi[5]).abs())[1:4]
+            p = torch.softmax(zi, 0)[refs]
+            rows.append((p * (zi[5] - 0.5 * zi[refs])).sum() / (p.sum() + 1e-9))
+        return torch.stack(rows).sum()
+
+    np.testing.assert_allclose(_raw(model, "layer4", x, Finer(5, alpha=0.5)), _by_hand(model, model.layer4, x, finer),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_binary_classifier_output_target_parity() -> None:

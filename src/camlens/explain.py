@@ -16,6 +16,7 @@ from camlens import arguments, render
 from camlens.adapters.backends import ExplainerFn, backend_for
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method, canonical_name, methods_from
+from camlens.core.record import MAX_BATCH, Progress
 from camlens.core.targets import (
     ALL,
     SCORES,
@@ -23,6 +24,7 @@ from camlens.core.targets import (
     Class,
     Column,
     Detection,
+    Finer,
     Probability,
     Segmentation,
     Sigmoid,
@@ -115,7 +117,7 @@ def _mask_for(mask: np.ndarray, picture: Image.Image, size: tuple[int, int]) -> 
     return np.asarray(small) > 127
 
 
-_CLASS_KINDS = ("class", "probability", "sigmoid")
+_CLASS_KINDS = ("class", "probability", "sigmoid", "finer")
 
 
 @dataclass
@@ -305,6 +307,9 @@ class Lens:
         fuse: str | None = None,
         mask: MaskLike | None = None,
         layout: Any = None,
+        *,
+        max_batch: int = MAX_BATCH,
+        progress: Progress | None = None,
     ) -> list[list[Explanation]]:
         """Explain each image; one forward pass for the batch whatever the number of methods,
         layers and targets.
@@ -312,6 +317,7 @@ class Lens:
         Args:
             target: ``None`` (the top class), a class index, a class name (any synonym, any
                 case), ``"top-k"``, ``"all"``, ``"prob:CLASS"``, ``"sigmoid:CLASS"``,
+                ``"finer"`` or ``"finer:CLASS"`` (Finer-CAM's score),
                 ``"similar-to:IMAGE"`` (embedding models), ``"box:x0,y0,x1,y1[:CLASS]"``
                 (detectors, image pixels), a :mod:`camlens.targets` kind, or a list of these;
                 or a :class:`TargetRequest` parsed before (:meth:`parse_targets`). On a
@@ -321,6 +327,10 @@ class Lens:
             mask: a region of the image (a file, a PIL image or an ``(H, W)`` array at the
                 image's size, nonzero inside) whose class logits a segmentation target sums.
             layout: a PyTorch layer's layout when the model does not tell it (``"tokens:1"``).
+            max_batch: inputs per extra forward pass of the methods that run the model again
+                (Score-CAM, Ablation-CAM, RISE...): bounds their memory.
+            progress: told ``(what, done, total)`` as those methods go (see
+                :data:`camlens.core.record.Progress`).
 
         Returns:
             Per image, explanations ordered by target, then method, then layer.
@@ -330,7 +340,7 @@ class Lens:
         sources = [str(i) if isinstance(i, (str, Path)) else "<image>" for i in images]
         request = target if isinstance(target, TargetRequest) else self.parse_targets(target, mask)
         targets = request.for_batch(pictures, self.loaded.preprocessing.input_size)
-        result = self.explainer(method, layer, fuse, layout)(self.tensor(pictures), targets)
+        result = self.explainer(method, layer, fuse, layout, max_batch)(self.tensor(pictures), targets, progress=progress)
         probs = result.probabilities
         out: list[list[Explanation]] = []
         for i, picture in enumerate(pictures):
@@ -377,13 +387,14 @@ class Lens:
         return name, acts[0]
 
     def explainer(self, method: str | Method | Sequence[str | Method], layer: Any, fuse: str | None = None,
-                  layout: Any = None) -> ExplainerFn:
+                  layout: Any = None, max_batch: int = MAX_BATCH) -> ExplainerFn:
         """The (cached) explainer for these methods and layers on this model, so that automatic
         layers and the CAM head are found once, not once per batch."""
         methods_from(method)  # a bad method spec fails here, in one line
-        key = (_method_key(method), _key(layer), fuse, _key(layout))
+        max_batch = arguments.count(max_batch, "max_batch")
+        key = (_method_key(method), _key(layer), fuse, _key(layout), max_batch)
         if key not in self._explainers:
-            self._explainers[key] = self.backend.explainer(self.loaded, method, layer, fuse, layout)
+            self._explainers[key] = self.backend.explainer(self.loaded, method, layer, fuse, layout, max_batch)
         return self._explainers[key]
 
     def parse_targets(self, target: TargetSpec, mask: MaskLike | None = None) -> TargetRequest:
@@ -423,6 +434,10 @@ class Lens:
                 fixed.append(Probability(self.labels.index(rest.strip())))
             elif rest and kind.strip().lower() == "sigmoid":
                 fixed.append(Sigmoid(self.labels.index(rest.strip())))
+            elif low == "finer":
+                fixed.append(Finer())
+            elif rest and kind.strip().lower() == "finer":
+                fixed.append(Finer(self.labels.index(rest.strip())))
             elif rest and kind.strip().lower() == "similar-to":
                 fixed.append(self._similar_to(rest.strip()))
             elif rest and kind.strip().lower() == "box":

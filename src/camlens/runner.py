@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from camlens import arguments, render
+from camlens.core.record import MAX_BATCH, Progress
 from camlens.errors import CamlensError, ImageError, TargetError
 from camlens.explain import Explanation, Lens, Prediction, TargetSpec
 from camlens.imageio import (
@@ -134,6 +135,8 @@ def run(
     mask: Path | None = None,
     layout: str | None = None,
     stop: StopRequest | None = None,
+    max_batch: int = MAX_BATCH,
+    steps: Progress | None = None,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``.
 
@@ -147,7 +150,10 @@ def run(
     layer, class) raise at once. Each image gets all of its files or none (see
     :func:`camlens.imageio.write_group`); what a killed earlier run left in ``out`` is finished
     or removed first. When ``stop`` is set (see :func:`stop_on_signals`) the run ends after the
-    current batch: the summary says so and lists the inputs not tried.
+    current batch: the summary says so and lists the inputs not tried. ``progress`` is told
+    how many inputs each batch finished; ``steps`` how far the methods that run the model
+    again are within a batch, and ``max_batch`` bounds their inputs per forward (see
+    :meth:`Lens.explain`).
     """
     render.check_colormap(options.colormap)
     render.check_alpha(options.alpha)
@@ -160,7 +166,7 @@ def run(
     request = lens.parse_targets(target, mask)  # bad targets and masks fail here, once, before any output
     every = request.every
     layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
-    lens.explainer(methods, layer_spec, fuse, layout)  # unknown methods, layers and fusions fail here, before any output
+    lens.explainer(methods, layer_spec, fuse, layout, max_batch)  # bad methods, layers, fusions fail here, before any output
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -185,7 +191,8 @@ def run(
             except TargetError as exc:
                 report.error = f"{report.source}: {exc}"
         if loaded:
-            results = lens.explain([img for _, img in loaded], methods, layer_spec, request, top, fuse, layout=layout)
+            results = lens.explain([img for _, img in loaded], methods, layer_spec, request, top, fuse, layout=layout,
+                                   max_batch=max_batch, progress=steps)
             for (report, _), explanations in zip(loaded, results, strict=True):
                 report.predictions = explanations[0].predictions
                 write = _write_all_classes if every else _write

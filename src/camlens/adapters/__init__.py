@@ -9,16 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from camlens.core.record import MAX_BATCH
 from camlens.errors import CamlensError
 
 if TYPE_CHECKING:
     from camlens.core.methods import Method
+    from camlens.core.record import Progress
     from camlens.core.result import CamResult
     from camlens.core.targets import Targets
 
 
 def explainer_for(model: Any, method: str | Method | Sequence[str | Method], layer: Any = None, *,
-                  output: int | str | None = None, fuse: str | None = None, layout: Any = None) -> Any:
+                  output: int | str | None = None, fuse: str | None = None, layout: Any = None,
+                  max_batch: int = MAX_BATCH) -> Any:
     """The explainer of ``model``'s framework: :class:`~camlens.adapters.pytorch.TorchExplainer`
     for an ``nn.Module``, :class:`~camlens.adapters.keras.KerasExplainer` for a Keras 3 model.
 
@@ -30,14 +33,14 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
     if is_keras_model(model):
         from camlens.adapters.keras import KerasExplainer
 
-        return KerasExplainer(model, method, layer, output=output, fuse=fuse, layout=layout)
+        return KerasExplainer(model, method, layer, output=output, fuse=fuse, layout=layout, max_batch=max_batch)
     import torch
 
     if not isinstance(model, torch.nn.Module):
         raise CamlensError(f"expected a PyTorch nn.Module or a Keras 3 model, got {type(model).__name__}")
     from camlens.adapters.pytorch import TorchExplainer
 
-    return TorchExplainer(model, method, layer, fuse, output=output, layout=layout)
+    return TorchExplainer(model, method, layer, fuse, output=output, layout=layout, max_batch=max_batch)
 
 
 class Explainer:
@@ -57,24 +60,29 @@ class Explainer:
             layer key ``"mean(layer3+layer4)"`` (``mean``, ``max`` or ``product``).
         layout: a layer's layout when the model does not tell it
             (``"tokens:1"``, ``"tokens:1:14x14"``, ``"nhwc"``; see :class:`camlens.core.layouts.Layout`).
+        max_batch: inputs per extra forward pass of the methods that run the model again
+            (Score-CAM, Ablation-CAM, RISE...): bounds their memory.
 
     Maps come back ``(N, K, h, w)`` for both frameworks. Hooks live only during each call.
     """
 
     def __init__(self, model: Any, method: str | Method | Sequence[str | Method] = "gradcam", layer: Any = None, *,
-                 output: int | str | None = None, fuse: str | None = None, layout: Any = None) -> None:
-        self._impl = explainer_for(model, method, layer, output=output, fuse=fuse, layout=layout)
+                 output: int | str | None = None, fuse: str | None = None, layout: Any = None,
+                 max_batch: int = MAX_BATCH) -> None:
+        self._impl = explainer_for(model, method, layer, output=output, fuse=fuse, layout=layout, max_batch=max_batch)
 
     @property
     def methods(self) -> list[Method]:
         """The resolved methods, canonical names in ``.name``."""
         return list(self._impl.methods)
 
-    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
+    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None,
+                 progress: Progress | None = None) -> CamResult:
         """Explain ``batch`` (already preprocessed). ``targets``: a :mod:`camlens.targets` kind
         or a list of them, or class indices as in :func:`camlens.core.targets.as_targets`;
-        ``top`` the best classes when ``targets`` is None."""
-        result: CamResult = self._impl(batch, targets, top=top)
+        ``top`` the best classes when ``targets`` is None; ``progress(what, done, total)`` is
+        told how far the methods that run the model again are."""
+        result: CamResult = self._impl(batch, targets, top=top, progress=progress)
         return result
 
     def close(self) -> None:

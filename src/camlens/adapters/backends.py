@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from camlens.core.record import MAX_BATCH
 from camlens.core.result import CamResult
 from camlens.core.targets import Output
 
@@ -33,8 +34,8 @@ class Backend(Protocol):
         (``.array``, ``.probabilities``), no gradients."""
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
-                  layout: Any = None) -> ExplainerFn:
-        """A callable ``(batch, targets, top=None) -> CamResult``."""
+                  layout: Any = None, max_batch: int = MAX_BATCH) -> ExplainerFn:
+        """A callable ``(batch, targets, top=None, progress=None) -> CamResult``."""
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         """``(layer name, (N, C, h, w) activations)``."""
@@ -61,10 +62,10 @@ class TorchBackend:
         return canonical(raw, loaded.output, (int(batch.shape[-2]), int(batch.shape[-1])), batch.device)
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
-                  layout: Any = None) -> ExplainerFn:
+                  layout: Any = None, max_batch: int = MAX_BATCH) -> ExplainerFn:
         from camlens.adapters.pytorch.extractor import TorchExplainer
 
-        return TorchExplainer(loaded.model, method, layer, fuse, output=loaded.output, layout=layout)
+        return TorchExplainer(loaded.model, method, layer, fuse, output=loaded.output, layout=layout, max_batch=max_batch)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.pytorch.extractor import feature_maps
@@ -97,10 +98,11 @@ class KerasBackend:
         return routes.forward_pass(loaded.model, batch, [], head, with_gradients=False).output
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
-                  layout: Any = None) -> ExplainerFn:
+                  layout: Any = None, max_batch: int = MAX_BATCH) -> ExplainerFn:
         from camlens.adapters.keras.extractor import KerasExplainer
 
-        return KerasExplainer(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout)
+        return KerasExplainer(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout,
+                              max_batch=max_batch)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.keras.extractor import feature_maps

@@ -19,6 +19,7 @@ from camlens.cli.common import (
     DeviceOpt,
     HeadlessOpt,
     LabelsOpt,
+    MaxBatchOpt,
     MethodOpt,
     ModelOpt,
     OutputOpt,
@@ -35,9 +36,12 @@ from camlens.cli.common import (
     parse_methods,
     progress_bar,
     split,
+    step_reporter,
     stopping,
     target_help,
 )
+from camlens.core.methods import get_method
+from camlens.core.record import MAX_BATCH, Need
 from camlens.errors import CamlensError, ImageError, Interrupted, ModelFailure
 
 
@@ -76,6 +80,7 @@ def explain(
     overwrite: OverwriteOpt = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
+    max_batch: MaxBatchOpt = MAX_BATCH,
     device: DeviceOpt = "auto",
     output: OutputOpt = None,
     headless: HeadlessOpt = False,
@@ -88,12 +93,14 @@ def explain(
     files, root = expand_inputs(inputs, recursive)
     lens = open_lens(model, weights, labels, device, output, trust_pickle, headless)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
-    with runner.stop_on_signals(stopping) as stop, progress_bar(len(files), "explaining") as bar:
-        task = bar.add_task("explain", total=len(files))
+    methods = parse_methods(method)
+    steps = any(Need.FORWARDS in get_method(m).needs for m in methods)
+    with runner.stop_on_signals(stopping) as stop, progress_bar(len(files), steps) as bar:
+        task = bar.add_task("explaining", total=len(files))
         report = runner.run(
-            lens, files, out, methods=parse_methods(method), layers=split(layer), target=target or None, top=top,
+            lens, files, out, methods=methods, layers=split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
-            mask=mask, layout=layout, stop=stop,
+            mask=mask, layout=layout, stop=stop, max_batch=max_batch, steps=step_reporter(bar) if steps else None,
         )
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import signal
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.status import Status
 from rich.text import Text
 
@@ -104,6 +105,10 @@ MethodOpt = Annotated[
     ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+MaxBatchOpt = Annotated[int, typer.Option(
+    "--max-batch", min=1,
+    help="Inputs per extra forward pass of the methods that run the model again (Score-CAM, Ablation-CAM...): "
+         "lower it to bound their memory.")]
 TrustPickleOpt = Annotated[
     bool,
     typer.Option(
@@ -159,10 +164,25 @@ def expand_inputs(paths: list[Path], recursive: bool) -> tuple[list[Path], Path 
     return files, root
 
 
-def progress_bar(total: int, label: str) -> Progress:
-    """A transient count-and-time progress bar on stderr (hidden for a single item)."""
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True, disable=total < 2)
+def progress_bar(total: int, steps: bool = False) -> Progress:
+    """A transient count-and-time progress bar on stderr, each task labelled by its description:
+    hidden for a single item, unless ``steps`` (methods that run the model again report their
+    work within an item through :func:`step_reporter`)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True, disable=total < 2 and not steps)
+
+
+def step_reporter(bar: Progress) -> Callable[[str, int, int], None]:
+    """A :data:`camlens.core.record.Progress` showing a method's work on one layer as a second
+    line of ``bar`` (``Score-CAM at layer4  340/1280``), the line reused from layer to layer."""
+    task: list[TaskID] = []
+
+    def report(what: str, done: int, total: int) -> None:
+        if not task:
+            task.append(bar.add_task(printable(what), total=total))
+        bar.update(task[0], description=printable(what), completed=done, total=total)
+
+    return report
 
 
 def exit_if_failed(lines: list[str], header: str, interrupted: int | None = None, untried: int = 0) -> None:

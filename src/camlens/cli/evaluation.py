@@ -107,8 +107,8 @@ def localize(
     records: list[dict[str, object]] = []
     problems: list[str] = []
     tried = len(files)
-    with stop_on_signals(stopping) as stop, progress_bar(len(files), "localizing") as bar:
-        task = bar.add_task("localize", total=len(files))
+    with stop_on_signals(stopping) as stop, progress_bar(len(files)) as bar:
+        task = bar.add_task("localizing", total=len(files))
         for start in range(0, len(files), batch_size):
             if stop.signal is not None:
                 tried = start
@@ -228,10 +228,8 @@ def evaluate(
     items, problems = dataset(data, lens, truth, limit)
     loc = LocalizationProtocol(threshold, iou, maxbox_step=maxbox_step, pointing_tolerance=pointing_tolerance)
     faith = FaithfulnessProtocol(steps, deletion_baseline, insertion_baseline) if faithfulness else None
-    with tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="") as rows, progress_bar(
-        len(items), "evaluating"
-    ) as bar:
-        task = bar.add_task("evaluate", total=len(items))
+    with tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="") as rows, progress_bar(len(items)) as bar:
+        task = bar.add_task("evaluating", total=len(items))
         result = run_evaluation(
             lens, items, parse_methods(method), layer, localization=loc if localization else None, faithful=faith,
             batch_size=batch_size, examples=examples, per_image=rows, progress=lambda n: bar.advance(task, n),

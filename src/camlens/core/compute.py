@@ -9,7 +9,7 @@ import numpy as np
 from camlens.core import fusion
 from camlens.core.fusion import fused_name
 from camlens.core.methods import Method
-from camlens.core.record import ATTENTION_NEEDS, AttentionMaps, ForwardPass, LayerRecord, Need
+from camlens.core.record import ATTENTION_NEEDS, AttentionMaps, ForwardPass, LayerRecord, Need, Progress
 from camlens.core.result import CamResult
 from camlens.core.targets import SCORES, Column, classes_of
 from camlens.errors import MethodError
@@ -23,7 +23,8 @@ def needs_of(methods: Sequence[Method]) -> frozenset[Need]:
     return frozenset().union(*(m.needs for m in methods))
 
 
-def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], fuse: str | None = None) -> CamResult:
+def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], fuse: str | None = None,
+        progress: Progress | None = None) -> CamResult:
     """Maps of every method at every captured layer for every explained score.
 
     Score columns are walked in chunks so that gradients for many targets (``all`` classes)
@@ -36,6 +37,7 @@ def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], 
         columns: the batch's target columns (see :func:`camlens.core.targets.resolve`).
         fuse: also combine each method's layers into one map (see :func:`camlens.core.fusion.fuse`),
             stored under the layer key :func:`~camlens.core.fusion.fused_name`.
+        progress: told how far methods that run the model again are (see :data:`~camlens.core.record.Progress`).
 
     Returns:
         A :class:`CamResult` with ``maps[method][layer]`` of shape ``(N, K, h, w)``.
@@ -83,7 +85,7 @@ def run(fwd: ForwardPass, methods: Sequence[Method], columns: Sequence[Column], 
                 weights = head.weights[cols[0]][None] if shared else head.weights[cols]
                 features = head.features
             record = LayerRecord(name, a, cols, grads.get(name), hessian.get(name), weights, features,
-                                 fwd.scores[:, index], probe, index, attention, final, layerwise)
+                                 fwd.scores[:, index], probe, index, attention, final, layerwise, progress)
             for m in methods:
                 if Need.CLASS_WEIGHTS in m.needs and weights is None:
                     raise MethodError(f"{m.title} needs the classifier's weights at layer {name!r}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from camlens.core.record import AttentionMaps, LayerRecord, Need
+from camlens.core.record import MAX_BATCH, AttentionMaps, LayerRecord, Need, Progress
 from camlens.errors import CamlensError, MethodError
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class Method(ABC):
         layer: target layer(s) of the bound model; ``None`` for the automatic choice.
         output: the output to explain (see :class:`camlens.Explainer`).
         layout: a layer's layout when the model does not tell it (``"tokens:1"``).
+        max_batch: inputs per extra forward pass, for methods that run the model again.
     """
 
     name: ClassVar[str]
@@ -54,24 +55,28 @@ class Method(ABC):
     formula: ClassVar[str]
     cost: ClassVar[str | None] = None
     """The cost per image in words, for methods whose cost is not a count of backward passes."""
+    input_resolution: ClassVar[bool] = False
+    """The maps come at the input's resolution (masks of the image), not the layer's."""
 
     def __init__(self, model: Any = None, layer: Any = None, *, output: int | str | None = None,
-                 layout: Any = None) -> None:
+                 layout: Any = None, max_batch: int = MAX_BATCH) -> None:
         self._bound: Any = None
         if model is not None:
             from camlens.adapters import explainer_for  # the core imports no framework; adapters do, lazily
 
-            self._bound = explainer_for(model, [self], layer, output=output, layout=layout)
+            self._bound = explainer_for(model, [self], layer, output=output, layout=layout, max_batch=max_batch)
 
     @abstractmethod
     def maps(self, record: LayerRecord) -> np.ndarray:
-        """Return ``(N, K, h, w)`` raw maps (layer resolution, not normalised)."""
+        """Return ``(N, K, h, w)`` raw maps (the layer's resolution, or the input's with
+        :attr:`input_resolution`; not normalised)."""
 
-    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
+    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None,
+                 progress: Progress | None = None) -> CamResult:
         """Explain ``batch`` with the bound model (see :class:`camlens.Explainer`)."""
         if self._bound is None:
             raise CamlensError(f"{type(self).__name__}() is not bound to a model; use {type(self).__name__}(model, layer=...)")
-        result: CamResult = self._bound(batch, targets, top=top)
+        result: CamResult = self._bound(batch, targets, top=top, progress=progress)
         return result
 
     def close(self) -> None:

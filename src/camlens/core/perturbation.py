@@ -1,6 +1,6 @@
-"""Gradient-free methods that run the model again: masked inputs (Score-CAM and its smoothed
-and integrated variants) or ablated channels (Ablation-CAM), through the adapter's
-:class:`~camlens.core.record.Probe`.
+"""Methods that run the model again, through the adapter's :class:`~camlens.core.record.Probe`:
+masked inputs (Score-CAM and its smoothed and integrated variants, RISE, Group-CAM), ablated
+channels (Ablation-CAM) or feature maps kept at one position (Recipro-CAM).
 
 Each is exact to its definition and makes no forward it does not need. A channel whose map is
 constant, or all zero for Ablation-CAM, contributes nothing whatever it would score, so it is
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from camlens.core.maps import normalize, upsample
-from camlens.core.methods import ChannelWeighted, register
+from camlens.core.methods import ChannelWeighted, Method, register
 from camlens.core.record import LayerRecord, Need, Probe
 from camlens.errors import MethodError
 
@@ -60,11 +60,12 @@ class ScoreWeighted(ChannelWeighted):
         n, c = a.shape[:2]
         w = np.zeros((n, len(record.columns), c), np.float32)  # type: ignore[arg-type]
         per_call = max(1, MASKS_PER_CALL // self.variants)
-        for i in range(n):
+        every = [self.channels(a[i]) for i in range(n)]
+        total, done = sum(len(c) for c in every), 0
+        for i, chosen in enumerate(every):
             rng = np.random.default_rng(0)  # each sample's noise is the same whatever the batch
             found: dict[bytes, int] = {}
             scores: list[np.ndarray] = []
-            chosen = self.channels(a[i])
             owner = np.empty(len(chosen), np.int64)
             for start in range(0, len(chosen), per_call):
                 part = chosen[start : start + per_call]
@@ -82,6 +83,8 @@ class ScoreWeighted(ChannelWeighted):
                     got = probe.score_masked(inputs.reshape(m * v, *inputs.shape[2:]), 0.0, record.columns,
                                              samples=np.array([i]), probability=True)
                     scores.append(got[0].reshape(m, v, -1).mean(axis=1))
+                done += len(part)
+                record.report(self.title, done, total)
             if len(chosen):
                 w[i][:, chosen] = np.concatenate(scores)[owner].T
         return w
@@ -214,14 +217,216 @@ class AblationCAM(ChannelWeighted):
         a = record.activations.astype(np.float32)
         n, c = a.shape[:2]
         w = np.zeros((n, len(record.columns), c), np.float32)  # type: ignore[arg-type]
-        for i in range(n):
+        every = [np.flatnonzero(np.abs(a[i].reshape(c, -1)).max(axis=1) > 0) for i in range(n)]
+        total, done = sum(len(live) for live in every), 0
+        for i, live in enumerate(every):
             y = record.scores[i].astype(np.float32)
             scale = np.where(np.abs(y) > 0, np.abs(y), 1.0)
-            live = np.flatnonzero(np.abs(a[i].reshape(c, -1)).max(axis=1) > 0)
             for start in range(0, len(live), probe.max_batch):
                 part = live[start : start + probe.max_batch]
                 ablated = np.repeat(a[i : i + 1], len(part), axis=0)
                 ablated[np.arange(len(part)), part] = 0.0
                 got = probe.score_replaced(record.layer, ablated[None], record.columns, samples=np.array([i]))
                 w[i][:, part] = ((y[None] - got[0]) / scale).T
+                done += len(part)
+                record.report(self.title, done, total)
         return w
+
+
+@register
+class RISE(Method):
+    r"""RISE (Petsiuk, Das & Saenko, BMVC 2018, "RISE: Randomized Input Sampling for Explanation
+    of Black-box Models", arXiv:1806.07421): the model-agnostic baseline, which reads no layer.
+
+    .. math:: S^c = \frac{1}{N p} \sum_{i=1}^{N} p^c(x \odot M_i)\, M_i
+
+    Each mask :math:`M_i` is a random ``cells`` x ``cells`` grid of cells kept with probability
+    :math:`p`, bilinearly upsampled to ``cells + 1`` cells of the input's size, shifted by a
+    random fraction of a cell and cropped to the input, as in the authors' code (scikit-image
+    ``resize``, ``order=1``, ``mode="reflect"``); :math:`p^c` is the softmax probability of class
+    :math:`c`. Defaults are the paper's for ImageNet: ``masks=4000``, ``cells=7``, ``keep=0.5``.
+    The masks come from ``seed`` and are the same for every image, so maps are reproducible.
+    The map is at the input's resolution, stored under the target layer's name.
+    """
+
+    name = "rise"
+    formula = "sum_i p(x * M_i) M_i / (N p), N = 4000 random 7x7 masks, p = 0.5"
+    title = "RISE"
+    paper = "Petsiuk et al., BMVC 2018"
+    needs = frozenset({Need.FORWARDS})
+    cost = "1 forward + 4000 (masks=)"
+    input_resolution = True
+
+    def __init__(self, model: Any = None, layer: Any = None, *, masks: int = 4000, cells: int = 7, keep: float = 0.5,
+                 seed: int = 0, **kwargs: Any) -> None:
+        from camlens.arguments import count, number
+
+        self.masks, self.cells = count(masks, "masks"), count(cells, "cells")
+        self.keep = number(keep, "keep", 0.0, 1.0)
+        if self.keep == 0.0:
+            raise MethodError("keep must be above 0: RISE divides by the share of the image each mask keeps")
+        self.seed = count(seed, "seed", minimum=0)
+        super().__init__(model, layer, **kwargs)
+
+    def random_masks(self, rng: np.random.Generator, count: int, size: tuple[int, int]) -> np.ndarray:
+        """``(count, H, W)`` float32 masks in [0, 1], drawn from ``rng``."""
+        from skimage.transform import resize
+
+        s = self.cells
+        cell = np.ceil(np.asarray(size) / s).astype(np.int64)
+        grid = (rng.random((count, s, s)) < self.keep).astype(np.float32)
+        smooth = resize(grid, (count, *((s + 1) * cell)), order=1, mode="reflect", anti_aliasing=False)
+        shifts = rng.integers(0, cell, size=(count, 2))
+        h, w = size
+        return np.stack([smooth[i, y : y + h, x : x + w] for i, (y, x) in enumerate(shifts)]).astype(np.float32)
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        probe = _probe(record, self.title)
+        n, k = record.targets.shape
+        size = probe.input_size
+        rng = np.random.default_rng(self.seed)
+        total = np.zeros((n, k, size[0] * size[1]), np.float64)
+        for start in range(0, self.masks, MASKS_PER_CALL):
+            masks = self.random_masks(rng, min(MASKS_PER_CALL, self.masks - start), size)
+            scores = probe.score_masked(masks, 0.0, record.columns, probability=True)  # (N, m, K)
+            total += np.matmul(scores.transpose(0, 2, 1), masks.reshape(len(masks), -1))
+            record.report(self.title, start + len(masks), self.masks)
+        return (total / (self.masks * self.keep)).astype(np.float32).reshape(n, k, *size)
+
+    def __repr__(self) -> str:
+        return f"RISE(masks={self.masks}, cells={self.cells}, keep={self.keep:g}, seed={self.seed})"
+
+
+@register
+class GroupCAM(Method):
+    r"""Group-CAM (Zhang, Rao & Yang 2021, "Group-CAM: Group Score-Weighted Visual Explanations
+    for Deep Convolutional Networks", arXiv:2103.13859), as the authors' code computes it.
+
+    The Grad-CAM-weighted channels :math:`\alpha_k A_k` are summed in ``groups`` contiguous
+    blocks (``torch.chunk``'s split: blocks of :math:`\lceil C/G \rceil` channels) into maps
+    :math:`S_g = U(\mathrm{ReLU}(\sum_{k \in g} \alpha_k A_k))`, upsampled to the input; then
+
+    .. math::
+        s_g = \mathrm{ReLU}\big(p^c(x \odot N_g + \tilde x \odot (1 - N_g)) - p^c(\tilde x)\big),
+        \qquad L^c = \sum_g s_g S_g
+
+    with :math:`N_g` the min-max scaled :math:`S_g`, :math:`\tilde x` the input blurred by a
+    51 x 51 Gaussian of sigma 50 (mirrored borders, as kornia's ``gaussian_blur2d``) and
+    :math:`p^c` the softmax probability. A constant group map, whose masked input is the blurred
+    one, scores 0 (the authors' code divides by zero there). The map is at the input's resolution.
+    """
+
+    name = "groupcam"
+    formula = "sum_g ReLU(p(x*N_g + blur*(1-N_g)) - p(blur)) S_g, 32 groups of Grad-CAM channels"
+    title = "Group-CAM"
+    paper = "Zhang et al., 2021 (arXiv:2103.13859)"
+    needs = frozenset({Need.GRADIENTS, Need.FORWARDS})
+    backwards = 1
+    cost = "1 forward + 1 backward + 33 forwards per target"
+    input_resolution = True
+    blur_size: ClassVar[int] = 51
+    blur_sigma: ClassVar[float] = 50.0
+
+    def __init__(self, model: Any = None, layer: Any = None, *, groups: int = 32, **kwargs: Any) -> None:
+        from camlens.arguments import count
+
+        self.groups = count(groups, "groups")
+        super().__init__(model, layer, **kwargs)
+
+    def blurred(self, probe: Probe) -> np.ndarray:
+        """The batch's inputs blurred over their spatial axes (kornia's kernel and borders)."""
+        from scipy import ndimage
+
+        x = probe.inputs().astype(np.float64)
+        sigma = [0.0] * x.ndim
+        for axis in (2, 3) if probe.layout == "NCHW" else (1, 2):
+            sigma[axis] = self.blur_sigma
+        radius = self.blur_size // 2
+        return ndimage.gaussian_filter(x, sigma, mode="mirror", truncate=radius / self.blur_sigma).astype(np.float32)
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        probe = _probe(record, self.title)
+        if record.gradients is None:
+            raise MethodError(f"{self.title} needs gradients, which the adapter did not capture")
+        a = record.activations.astype(np.float32)
+        alpha = record.gradients.astype(np.float32).mean(axis=(3, 4))  # (N, K, C)
+        n, k, c = alpha.shape
+        size = -(-c // self.groups)  # torch.chunk: blocks of ceil(C / G) channels
+        blurred = self.blurred(probe)
+        base = probe.score_masked(np.zeros((1, *probe.input_size), np.float32), blurred, record.columns,
+                                  probability=True)[:, 0]  # (N, K)
+        out = np.zeros((n, k, *probe.input_size), np.float32)
+        for i in range(n):
+            for j in range(k):
+                weighted = alpha[i, j, :, None, None] * a[i]
+                groups = np.maximum(np.stack([weighted[g : g + size].sum(axis=0) for g in range(0, c, size)]), 0.0)
+                smooth = upsample(groups, probe.input_size)
+                got = probe.score_masked(normalize(smooth)[None], blurred[i : i + 1], record.columns[j : j + 1],  # type: ignore[index]
+                                         samples=np.array([i]), probability=True)[0, :, 0]
+                out[i, j] = np.tensordot(np.maximum(got - base[i, j], 0.0), smooth, axes=1)
+                record.report(self.title, i * k + j + 1, n * k)
+        return out
+
+    def __repr__(self) -> str:
+        return f"GroupCAM(groups={self.groups})"
+
+
+@register
+class ReciproCAM(Method):
+    r"""Recipro-CAM (Byun & Lee 2022, "Recipro-CAM: Fast gradient-free visual explanations for
+    convolutional neural networks", arXiv:2209.14074), as the authors' code computes it.
+
+    Each position :math:`(u, v)` of the layer gets a copy of the feature map that keeps only
+    that position's feature vector (zero elsewhere); the network after the layer scores it:
+
+    .. math:: L^c(u, v) = p^c\big(f_{\text{rest}}(A \odot \mathbb{1}_{u,v})\big)
+
+    with :math:`p^c` the softmax probability (the authors min-max scale the map for display,
+    as camlens' rendering does). ``gaussian=True`` spreads the vector over its 3 x 3
+    neighbourhood with the weights ``[1, 2, 1] x [1, 2, 1] / 16`` (the authors' option). On a
+    token layer the prefix tokens (class token) are kept, as in the paper's ViT variant.
+    """
+
+    name = "reciprocam"
+    formula = "p(rest of the network on A kept at one position), each position"
+    title = "Recipro-CAM"
+    paper = "Byun & Lee, 2022 (arXiv:2209.14074)"
+    needs = frozenset({Need.FORWARDS})
+    cost = "1 forward + 1 per layer position (the layers after the target layer only)"
+
+    def __init__(self, model: Any = None, layer: Any = None, *, gaussian: bool = False, **kwargs: Any) -> None:
+        if not isinstance(gaussian, bool):
+            raise MethodError(f"gaussian must be True or False, not {gaussian!r}")
+        self.gaussian = gaussian
+        super().__init__(model, layer, **kwargs)
+
+    def position_masks(self, h: int, w: int) -> np.ndarray:
+        """``(h * w, h, w)``: for each position, the weight it keeps at every position."""
+        masks = np.eye(h * w, dtype=np.float32).reshape(h * w, h, w)
+        if self.gaussian:
+            from scipy import ndimage
+
+            kernel = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]).astype(np.float32) / 16
+            masks = np.stack([ndimage.convolve(m, kernel, mode="constant") for m in masks])
+        return masks
+
+    def maps(self, record: LayerRecord) -> np.ndarray:
+        probe = _probe(record, self.title)
+        a = record.activations.astype(np.float32)
+        n, c, h, w = a.shape
+        k = len(record.columns)  # type: ignore[arg-type]
+        masks = self.position_masks(h, w)
+        centre = masks.reshape(h * w, -1).argmax(axis=1)  # the position each mask is about
+        out = np.zeros((n, k, h * w), np.float32)
+        for i in range(n):
+            vectors = a[i].reshape(c, h * w)
+            for start in range(0, h * w, probe.max_batch):
+                part = np.arange(start, min(start + probe.max_batch, h * w))
+                kept = vectors[:, centre[part]].T[:, :, None, None] * masks[part][:, None]  # (m, C, h, w)
+                got = probe.score_replaced(record.layer, kept[None], record.columns, samples=np.array([i]), probability=True)
+                out[i][:, part] = got[0].T
+                record.report(self.title, i * h * w + int(part[-1]) + 1, n * h * w)
+        return out.reshape(n, k, h, w)
+
+    def __repr__(self) -> str:
+        return f"ReciproCAM(gaussian={self.gaussian})"

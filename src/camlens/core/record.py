@@ -42,6 +42,14 @@ class Need(enum.Enum):
     (their mean through the model's final norm and head) with respect to its attention."""
 
 
+MAX_BATCH = 32
+"""Inputs per extra forward pass of a :class:`Probe`, by default (``max_batch=`` of the explainers)."""
+
+Progress = Callable[[str, int, int], None]
+"""``progress(what, done, total)``: how far a method that runs the model again is through one
+layer of a batch (``what`` names both, e.g. ``"Score-CAM at layer4"``); ``done`` and ``total``
+count the units it reports (channels, masks), ``done == total`` at the end."""
+
 ATTENTION_NEEDS = frozenset({Need.ATTENTION, Need.ATTENTION_GRADIENTS, Need.LAYERWISE_GRADIENTS})
 """What only a transformer's attention modules can give."""
 
@@ -99,10 +107,18 @@ class Probe(Protocol):
     Attributes:
         max_batch: inputs per forward pass.
         input_size: ``(H, W)`` of the model's input, the size of :meth:`score_masked`'s masks.
+        layout: ``"NCHW"`` (PyTorch) or ``"NHWC"`` (Keras): how :meth:`inputs` and baselines
+            hold an input.
     """
 
     max_batch: int
     input_size: tuple[int, int]
+    layout: str
+
+    def inputs(self, samples: np.ndarray | None = None) -> np.ndarray:
+        """The batch's preprocessed inputs as float32 NumPy in :attr:`layout` (those listed in
+        ``samples``, or all), e.g. to build a baseline from them."""
+        ...
 
     def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0, columns: np.ndarray | None = None,
                      samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
@@ -111,8 +127,9 @@ class Probe(Protocol):
         Args:
             masks: ``(M, H, W)`` shared by every sample scored, or ``(S, M, H, W)``, at the
                 input's resolution, broadcast over channels.
-            baseline: a value, or an array broadcastable to one preprocessed input in the
-                model's own layout (``(C, H, W)`` for PyTorch, ``(H, W, C)`` for Keras).
+            baseline: a value, an array broadcastable to one preprocessed input in
+                :attr:`layout` (``(C, H, W)`` for PyTorch, ``(H, W, C)`` for Keras), or one
+                such input per sample scored (``(S, C, H, W)`` or ``(S, H, W, C)``).
             columns: which target columns to score (indices; a record's ``columns``), all by default.
             samples: which samples of the batch to score (indices), all by default.
             probability: score class columns as softmax probabilities, not logits.
@@ -120,9 +137,10 @@ class Probe(Protocol):
         ...
 
     def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None,
-                       samples: np.ndarray | None = None) -> np.ndarray:
+                       samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
         """Scores with ``layer``'s output replaced by each of ``activations``,
-        ``(S, M, C, h, w)`` channels first (the adapter converts them to the layer's layout).
+        ``(S, M, C, h, w)`` channels first (the adapter converts them to the layer's layout);
+        ``columns``, ``samples`` and ``probability`` as for :meth:`score_masked`.
         Where the model allows, the layers before ``layer`` run once per forward, not once per
         replacement (an adapter checks that this gives the model's own scores, else runs every
         replacement whole)."""
@@ -143,6 +161,24 @@ def not_feature_maps(layer: str, shape: tuple[int | None, ...], layouts: bool = 
 def probe_samples(n: int, samples: np.ndarray | None) -> np.ndarray:
     """The sample indices a :class:`Probe` call scores: ``samples``, or all ``n`` of the batch."""
     return np.arange(n) if samples is None else np.asarray(samples, dtype=np.int64)
+
+
+def per_sample_baseline(baseline: float | np.ndarray, n: int, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A :meth:`Probe.score_masked` baseline as float32 broadcastable to ``(n, *input_shape)``
+    (one input's shape in the probe's layout): a leading sample axis is added when missing.
+
+    Raises:
+        MethodError: not broadcastable to one input, nor one per sample.
+    """
+    base = np.asarray(baseline, dtype=np.float32)
+    if base.ndim <= len(input_shape):
+        base = base[None]
+    try:
+        np.broadcast_shapes(base.shape, (n, *input_shape))
+    except ValueError:
+        raise MethodError(f"a baseline of shape {np.shape(baseline)} is neither broadcastable to one input "
+                          f"{tuple(input_shape)} nor one per sample ({n}, ...)") from None
+    return base
 
 
 def prefix_shared(twice: Callable[[], np.ndarray], once: Callable[[], np.ndarray]) -> bool:
@@ -236,6 +272,7 @@ class LayerRecord:
         layerwise_gradients: per block, ``(N, K, heads, L, L)`` ``d s_l / d A_l``
             (:attr:`Need.LAYERWISE_GRADIENTS`).
         probe: extra forward passes of the batch, for methods that need :attr:`Need.FORWARDS`.
+        progress: where such a method reports how far it is (see :data:`Progress`).
     """
 
     layer: str
@@ -251,3 +288,10 @@ class LayerRecord:
     attention: AttentionMaps | None = None
     attention_gradients: Sequence[np.ndarray] | None = None
     layerwise_gradients: Sequence[np.ndarray] | None = None
+    progress: Progress | None = None
+
+    def report(self, title: str, done: int, total: int) -> None:
+        """Tell :attr:`progress`, if any, that ``done`` of ``total`` units of ``title`` at this
+        layer are finished."""
+        if self.progress is not None:
+            self.progress(f"{title} at {self.layer}", done, total)

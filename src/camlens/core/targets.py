@@ -9,7 +9,7 @@ copies for the many-forward methods) with the framework's own tensors, through t
 :class:`Ops` interface an adapter lends it. Nothing here imports a framework.
 
 Kinds (``camlens targets`` lists them): :class:`Class`, :class:`Top`, :class:`AllClasses`,
-:class:`Probability`, :class:`Sigmoid`, :class:`Score`, :class:`Segmentation`,
+:class:`Probability`, :class:`Sigmoid`, :class:`Finer`, :class:`Score`, :class:`Segmentation`,
 :class:`Similarity` and :class:`Detection`.
 """
 
@@ -383,6 +383,55 @@ class Sigmoid(Target):
 
     def __repr__(self) -> str:
         return f"Sigmoid({_short(self.index)})"
+
+
+@register
+@dataclass(frozen=True)
+class Finer(Target):
+    r"""Finer-CAM's score (Zhang et al., CVPR 2025, "Finer-CAM: Spotting the Difference Reveals
+    Finer Details for Visual Explanation", arXiv:2501.11309), as the authors' code defines it:
+    class ``index``'s logit against the ``references`` classes whose logits are nearest to it,
+
+    .. math:: J = rac{\sum_r p_r (z_c - lpha z_r)}{\sum_r p_r + 10^{-9}}, \qquad p = \mathrm{softmax}(z)
+
+    (:math:`p` is differentiated through, as in their code). Any method explains it; with
+    Grad-CAM it is the paper's Finer-CAM. ``alpha=0`` is the plain logit's explanation.
+    ``index=None`` takes each sample's top class. The reference classes are frozen on the
+    batch: masked copies are scored against the same classes.
+    """
+
+    index: int | Sequence[int] | np.ndarray | None = None
+    references: int = 3
+    alpha: float = 1.0
+
+    kind: ClassVar[str] = "finer"
+    summary: ClassVar[str] = "Finer-CAM: a class's logit against its nearest classes' (any method)"
+    cli: ClassVar[str] = "finer, finer:CLASS"
+
+    def freeze(self, out: Output) -> list[Column]:
+        self.check(out)
+        z = out.array
+        n = out.size
+        classes = z.argmax(axis=1) if self.index is None else _checked_classes(self, self.index, out)
+        if isinstance(self.references, bool) or not isinstance(self.references, (int, np.integer)) or self.references < 1:
+            raise TargetError(f"target {self!r}: references must be a positive integer")
+        if out.classes < 2 or out.binary:
+            raise TargetError(f"target {self!r} compares a class with other classes; the model has {out.classes}")
+        distance = np.abs(z - z[np.arange(n), classes][:, None])
+        distance[np.arange(n), classes] = np.inf
+        refs = np.argsort(distance, axis=1, kind="stable")[:, : min(int(self.references), out.classes - 1)]
+        alpha = float(self.alpha)
+
+        def score(o: Output, s: np.ndarray) -> Any:
+            p = o.ops.take(o.ops.softmax(o.value), refs[s])
+            gap = o.ops.take(o.value, classes[s][:, None]) - o.ops.take(o.value, refs[s]) * alpha
+            return o.ops.sum(p * gap, (1,)) / (o.ops.sum(p, (1,)) + 1e-9)
+
+        return [Column(self.kind, None, classes.astype(np.int64), score)]
+
+    def __repr__(self) -> str:
+        index = "top class" if self.index is None else _short(self.index)
+        return f"Finer({index}, references={self.references}, alpha={self.alpha:g})"
 
 
 @register
@@ -836,6 +885,7 @@ __all__ = [
     "Class",
     "Column",
     "Detection",
+    "Finer",
     "Ops",
     "Output",
     "Probability",

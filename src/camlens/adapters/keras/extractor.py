@@ -11,13 +11,13 @@ import numpy as np
 from camlens.adapters.keras import routes
 from camlens.adapters.keras.graph import LayerPath, auto_layer, layout_of, name_of, output_shape, resolve
 from camlens.adapters.keras.head import Head, find_head
-from camlens.arguments import layer_specs
+from camlens.arguments import count, layer_specs
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, no_head, pooled_features
 from camlens.core.layouts import Layout
 from camlens.core.methods import Method, methods_from
-from camlens.core.record import ClassifierHead, Need
+from camlens.core.record import MAX_BATCH, ClassifierHead, Need, Progress
 from camlens.core.result import CamResult
 from camlens.core.targets import Targets
 from camlens.core.targets import resolve as resolve_columns
@@ -45,6 +45,7 @@ class KerasExplainer:
             ``(N, h, w, C)`` outputs are NHWC, ``(N, L, C)`` tokens after a patch embedding are
             on that embedding's grid (:func:`camlens.adapters.keras.graph.layout_of`); other
             token layers need e.g. ``layout="tokens:1"``.
+        max_batch: inputs per extra forward pass of the methods that run the model again.
 
     Inputs are channels-last batches as the model takes them; maps and activations come back
     channels-first ``(N, C, h, w)``, like the PyTorch adapter's. The model is never modified.
@@ -58,8 +59,10 @@ class KerasExplainer:
         output: int | str | None = None,
         fuse: str | None = None,
         layout: str | Layout | Mapping[str, str | Layout] | None = None,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self.methods: list[Method] = methods_from(method)
+        self._max_batch = count(max_batch, "max_batch")
         self._needs = needs_of(self.methods)
         specs = layer_specs(layer, keras.layers.Layer)
         check_fusion(fuse, len(specs))
@@ -116,9 +119,10 @@ class KerasExplainer:
     def layer_names(self) -> list[str]:
         return [name_of(p) for p in self.paths]
 
-    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None) -> CamResult:
-        """Explain ``batch`` (``(N, H, W, C)``, already preprocessed); ``targets`` as for
-        :class:`~camlens.adapters.pytorch.TorchExplainer` (:mod:`camlens.targets` kinds, indices...)."""
+    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None,
+                 progress: Progress | None = None) -> CamResult:
+        """Explain ``batch`` (``(N, H, W, C)``, already preprocessed); ``targets``, ``top`` and
+        ``progress`` as for :class:`~camlens.adapters.pytorch.TorchExplainer`."""
         if self.model is None:
             raise CamlensError("this explainer is closed")
         if np.ndim(batch) != 4:
@@ -134,8 +138,9 @@ class KerasExplainer:
             features = pooled_features(fwd.activations[name], fwd.head_input, name, eps=eps)
             fwd.head = ClassifierHead(name, features, self.head.class_weights())
         if Need.FORWARDS in self._needs:
-            fwd.probe = routes.KerasProbe(self.model, batch, self.paths, self.head, columns, capture=fwd)
-        return run(fwd, self.methods, columns, self._fuse)
+            fwd.probe = routes.KerasProbe(self.model, batch, self.paths, self.head, columns, self._max_batch,
+                                          capture=fwd)
+        return run(fwd, self.methods, columns, self._fuse, progress)
 
     def close(self) -> None:
         """Drop the reference to the model."""

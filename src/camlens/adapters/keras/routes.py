@@ -25,7 +25,16 @@ from camlens.adapters.keras.head import Head, _kind, pre_activation
 from camlens.adapters.keras.outputs import output_of
 from camlens.core import targets as tg
 from camlens.core.layouts import NHWC, Layout
-from camlens.core.record import AttentionMaps, ClassifierHead, not_feature_maps, per_sample_masks, prefix_shared, probe_samples
+from camlens.core.record import (
+    MAX_BATCH,
+    AttentionMaps,
+    ClassifierHead,
+    not_feature_maps,
+    per_sample_baseline,
+    per_sample_masks,
+    prefix_shared,
+    probe_samples,
+)
 from camlens.core.targets import Column, Output
 from camlens.errors import CamlensError, LayerError, MethodError, ModelFailure
 
@@ -119,7 +128,7 @@ class KerasProbe:
     """
 
     def __init__(self, model: Any, batch: np.ndarray, paths: Sequence[LayerPath], head: Head,
-                 columns: Sequence[Column] | None = None, max_batch: int = 32, capture: KerasPass | None = None) -> None:
+                 columns: Sequence[Column] | None = None, max_batch: int = MAX_BATCH, capture: KerasPass | None = None) -> None:
         self._model, self._batch, self._head = model, np.asarray(batch, dtype=np.float32), head
         self._capture = capture
         self._paths = {name_of(p): p for p in paths}
@@ -127,23 +136,28 @@ class KerasProbe:
         self._shared: dict[str, bool] = {}
         self.max_batch = max_batch
         self.input_size = (int(self._batch.shape[1]), int(self._batch.shape[2]))
+        self.layout = "NHWC"
+
+    def inputs(self, samples: np.ndarray | None = None) -> np.ndarray:
+        return self._batch[probe_samples(int(self._batch.shape[0]), samples)]
 
     def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0, columns: np.ndarray | None = None,
                      samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
         which = probe_samples(int(self._batch.shape[0]), samples)
         m = per_sample_masks(masks, len(which), self.input_size)
         flat = m.reshape(-1, *m.shape[2:])[..., None]
-        base = np.asarray(baseline, dtype=np.float32)
+        base = per_sample_baseline(baseline, len(which), self._batch.shape[1:])
         count = m.shape[1]
 
         def inputs(rows: slice) -> np.ndarray:
-            x = self._batch[which[np.arange(rows.start, rows.stop) // count]]
-            return x * flat[rows] + base * (1.0 - flat[rows])
+            position = np.arange(rows.start, rows.stop) // count
+            x = self._batch[which[position]]
+            return x * flat[rows] + (base[position] if len(base) > 1 else base) * (1.0 - flat[rows])
 
         return self._scores(count, inputs, None, columns, which, samples is not None, probability)
 
     def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None,
-                       samples: np.ndarray | None = None) -> np.ndarray:
+                       samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
         if layer not in self._paths:
             raise MethodError(f"layer {layer!r} was not captured; replace one of {', '.join(self._paths)}")
         which = probe_samples(int(self._batch.shape[0]), samples)
@@ -162,7 +176,7 @@ class KerasProbe:
             current[:] = [keras.ops.convert_to_tensor(layout.from_nchw(flat[rows], like))]
             return self._batch[rows_of[:1] if shared else rows_of]
 
-        return self._scores(count, inputs, (path, current), columns, which, True)
+        return self._scores(count, inputs, (path, current), columns, which, True, probability)
 
     def _prefix_shared(self, layer: str, current: list[Any], columns: np.ndarray | None, sample: int) -> bool:
         """Whether ``layer``'s replacements may share one run of the layers before it (see the

@@ -34,9 +34,11 @@ from camlens.adapters.pytorch.outputs import canonical
 from camlens.core import targets as tg
 from camlens.core.layouts import Layout
 from camlens.core.record import (
+    MAX_BATCH,
     AttentionMaps,
     ClassifierHead,
     not_feature_maps,
+    per_sample_baseline,
     per_sample_masks,
     prefix_shared,
     probe_samples,
@@ -328,7 +330,7 @@ class TorchProbe:
     """
 
     def __init__(self, model: nn.Module, batch: torch.Tensor, layers: Mapping[str, nn.Module],
-                 columns: Sequence[Column] | None = None, output: int | str | None = None, max_batch: int = 32,
+                 columns: Sequence[Column] | None = None, output: int | str | None = None, max_batch: int = MAX_BATCH,
                  capture: ForwardCapture | None = None) -> None:
         self._model, self._batch, self._layers = model, batch, dict(layers)
         self._columns, self._output = (list(columns) if columns is not None else None), output
@@ -336,24 +338,31 @@ class TorchProbe:
         self._shared: dict[str, bool] = {}
         self.max_batch = max_batch
         self.input_size = (int(batch.shape[2]), int(batch.shape[3]))
+        self.layout = "NCHW"
+
+    def inputs(self, samples: np.ndarray | None = None) -> np.ndarray:
+        which = probe_samples(int(self._batch.shape[0]), samples)
+        return _numpy(self._batch[torch.as_tensor(which)])
 
     def score_masked(self, masks: np.ndarray, baseline: float | np.ndarray = 0.0, columns: np.ndarray | None = None,
                      samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
         which = probe_samples(int(self._batch.shape[0]), samples)
         m = per_sample_masks(masks, len(which), self.input_size)
-        base = torch.as_tensor(np.asarray(baseline, dtype=np.float32), device=self._batch.device)
+        base = torch.as_tensor(per_sample_baseline(baseline, len(which), tuple(self._batch.shape[1:])),
+                               device=self._batch.device, dtype=self._batch.dtype)
         flat = torch.from_numpy(np.require(m.reshape(-1, *m.shape[2:]), requirements=["C", "W"]))
         count = m.shape[1]
 
         def inputs(rows: slice) -> torch.Tensor:
             mask = flat[rows].to(self._batch.device, self._batch.dtype)[:, None]
-            x = self._batch[torch.as_tensor(which[np.arange(rows.start, rows.stop) // count])]
-            return x * mask + base * (1 - mask)
+            position = torch.as_tensor(np.arange(rows.start, rows.stop) // count)
+            x = self._batch[torch.as_tensor(which)[position]]
+            return x * mask + (base[position] if len(base) > 1 else base) * (1 - mask)
 
         return self._scores(count, inputs, columns, which, samples is not None, probability)
 
     def score_replaced(self, layer: str, activations: np.ndarray, columns: np.ndarray | None = None,
-                       samples: np.ndarray | None = None) -> np.ndarray:
+                       samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
         if layer not in self._layers:
             raise LayerError(f"layer {layer!r} was not captured; replace one of {', '.join(self._layers)}")
         which = probe_samples(int(self._batch.shape[0]), samples)
@@ -371,7 +380,7 @@ class TorchProbe:
                     self._batch.device, self._batch.dtype)]
                 return self._batch[torch.as_tensor(rows_of[:1] if shared else rows_of)]
 
-            return self._scores(count, inputs, columns, which, True)
+            return self._scores(count, inputs, columns, which, True, probability)
 
     @contextmanager
     def _replacing(self, layer: str, current: list[torch.Tensor]) -> Iterator[None]:

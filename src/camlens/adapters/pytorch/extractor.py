@@ -16,13 +16,13 @@ from camlens.adapters.pytorch.head import LinearHead, find_linear_head
 from camlens.adapters.pytorch.layers import LayerSpec, auto_layer, resolve, trace
 from camlens.adapters.pytorch.layouts import model_prefix, owner_of
 from camlens.adapters.pytorch.outputs import canonical
-from camlens.arguments import layer_specs
+from camlens.arguments import count, layer_specs
 from camlens.core.compute import needs_of, run
 from camlens.core.fusion import check_fusion
 from camlens.core.head import check_cam_layers, pooled_features
 from camlens.core.layouts import TOKENS, Layout, token_grid
 from camlens.core.methods import Method, methods_from
-from camlens.core.record import ATTENTION_NEEDS, AttentionMaps, ClassifierHead, Need
+from camlens.core.record import ATTENTION_NEEDS, MAX_BATCH, AttentionMaps, ClassifierHead, Need, Progress
 from camlens.core.result import CamResult
 from camlens.core.targets import SCORES, Targets
 from camlens.core.targets import resolve as resolve_columns
@@ -49,6 +49,8 @@ class TorchExplainer:
             say (see :class:`camlens.core.layouts.Layout`): ``"tokens:1"`` (tokens after one
             class token), ``"tokens:1:14x14"``, ``"nhwc"``..., for every layer or as a dict
             by layer name. By default each layer's layout is found from the model.
+        max_batch: inputs per extra forward pass of the methods that run the model again
+            (Score-CAM, Ablation-CAM...): their memory is bounded by it.
 
     A ``torch.compile``'d model is explained through its original module (``_orig_mod``, the
     same parameters): hooks do not fire inside compiled code. Hooks live only during each call.
@@ -64,8 +66,10 @@ class TorchExplainer:
         fuse: str | None = None,
         output: int | str | None = None,
         layout: str | Layout | Mapping[str, str | Layout] | None = None,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self.methods: list[Method] = methods_from(method)
+        self._max_batch = count(max_batch, "max_batch")
         self._output = output
         model = uncompiled(model)
         specs: list[LayerSpec | None] = layer_specs(layer, nn.Module)
@@ -124,7 +128,8 @@ class TorchExplainer:
             return {k.removeprefix("_orig_mod."): Layout.parse(v) for k, v in self._layout.items()}
         return dict.fromkeys(layers, Layout.parse(self._layout))
 
-    def __call__(self, batch: torch.Tensor, targets: Targets = None, *, top: int | None = None) -> CamResult:
+    def __call__(self, batch: torch.Tensor, targets: Targets = None, *, top: int | None = None,
+                 progress: Progress | None = None) -> CamResult:
         """Explain ``batch`` (``(N, 3, H, W)``, already preprocessed, on the model's device).
 
         Args:
@@ -132,6 +137,8 @@ class TorchExplainer:
                 per sample, ``"all"``, ``"top-k"``... (see :func:`camlens.core.targets.as_targets`);
                 ``None`` explains the top-1 class.
             top: with ``targets=None``, explain the ``top`` best classes of each sample.
+            progress: told how far the methods that run the model again are, ``(what, done,
+                total)`` (see :data:`camlens.core.record.Progress`).
         """
         if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or not batch.is_floating_point() or not len(batch):
             shown = f"{tuple(batch.shape)} {batch.dtype}" if isinstance(batch, torch.Tensor) else type(batch).__name__
@@ -162,7 +169,7 @@ class TorchExplainer:
             columns = resolve_columns(targets, fwd.output, top)
             probe = None
             if Need.FORWARDS in self._needs:
-                probe = cap.TorchProbe(model, batch, layers, columns, self._output, capture=fwd)
+                probe = cap.TorchProbe(model, batch, layers, columns, self._output, self._max_batch, capture=fwd)
             pass_ = cap.TorchPass(fwd, columns, None, probe)
             if attention is not None:
                 attention.check(gradients, Need.LAYERWISE_GRADIENTS in self._needs)
@@ -179,7 +186,7 @@ class TorchExplainer:
                 if fwd.output.binary:  # the one unit's two scores are [-z/2, z/2]
                     weights = np.concatenate([-weights / 2, weights / 2])
                 pass_.head = ClassifierHead(self._head.layer, features, weights)
-            return run(pass_, self.methods, columns, self._fuse)
+            return run(pass_, self.methods, columns, self._fuse, progress)
 
     def close(self) -> None:
         """Drop references to the model and its layers."""
