@@ -194,6 +194,21 @@ def test_every_registered_method_runs_from_the_cli(small_model: Path, tmp_path: 
     assert listing.returncode == 0 and all(m in listing.stdout for m in method_names())
 
 
+def test_smoothing_tta_and_max_batch_from_the_cli(small_model: Path, tmp_path: Path) -> None:
+    Image.new("RGB", (50, 40), (30, 160, 90)).save(tmp_path / "a.png")
+    result = camlens("explain", tmp_path / "a.png", "--model", small_model, "--method", "gradcam,RISE:masks=40",
+                     "--smooth", "2", "--tta", "--max-batch", "4", "--save-raw", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next((tmp_path / "out").glob("camlens-run-*.json")).read_text())
+    assert summary["augment"] == "Augment(samples=2, noise=0.15, flips=True, scales=(0.75, 1.0, 1.25))"
+    assert summary["methods"] == ["gradcam", "rise:masks=40"]
+    assert {p.name.split("_")[1] for p in (tmp_path / "out").glob("a_*.npy")} == {"gradcam", "rise"}
+    for flag, value, needle in [("--max-batch", "0", "--max-batch"), ("--method", "rise:mask=4", "rise takes masks")]:
+        bad = camlens("explain", tmp_path / "a.png", "--model", small_model, flag, value, "--out", tmp_path / "o2")
+        assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "o2").exists()
+
+
 def test_method_aliases_are_resolved_once_at_the_edge(small_model: Path, tmp_path: Path) -> None:
     from camlens.evaluation.run import dataset, evaluate
     from camlens.explain import Lens

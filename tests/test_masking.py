@@ -152,17 +152,36 @@ def test_recipro_cam_by_hand_running_only_the_layers_after(gaussian: bool) -> No
 def test_progress_is_reported_and_max_batch_bounds_every_forward(method: str) -> None:
     model = TinyDeepNet().eval()
     rows: list[int] = []
-    handle = model.head.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    after: list[int] = []
+    handles = [model.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0])),
+               model.head.register_forward_hook(lambda m, a, o: after.append(a[0].shape[0]))]
     seen: list[tuple[str, int, int]] = []
     try:
         with Explainer(model, method, "features.4", max_batch=5) as ex:
             ex(torch.randn(3, 3, 8, 8), top=2, progress=lambda *report: seen.append(report))
     finally:
-        handle.remove()
-    assert max(rows[1:]) <= 5 < rows[0] * 2  # the explained forward has 3 rows; every extra one at most 5
+        for handle in handles:
+            handle.remove()
+    assert rows[0] == 3 and max(rows[1:]) <= 5  # the explained forward, then at most 5 inputs per forward
+    # after the replaced layer, as many replacements as fit in 5 inputs' bytes: 5 * (3*8*8) // (8*4*4) = 7
+    assert max(after[1:]) == (7 if method in ("ablationcam", "reciprocam") else 5)
     what, done, total = zip(*seen, strict=True)
     assert set(what) == {f"{ex.methods[0].title} at features.4"}
     assert list(done) == sorted(done) and done[-1] == total[-1] and len(set(total)) == 1
+
+
+def test_method_settings_by_name() -> None:
+    from camlens.core.methods import canonical_spec, get_method, methods_from
+
+    assert repr(get_method("RISE:masks=100:keep=0.25")) == "RISE(masks=100, cells=7, keep=0.25, seed=0)"
+    assert repr(get_method("recipro-cam:gaussian=true")) == "ReciproCAM(gaussian=True)"
+    assert [repr(m) for m in methods_from("fasterscorecam:channels=8,gradcam")] == ["FasterScoreCAM(channels=8)", "GradCAM()"]
+    assert canonical_spec("Ablation_CAM") == "ablationcam" and canonical_spec("RISE: masks=10") == "rise:masks=10"
+    for bad, needle in [("rise:mask=3", "rise takes masks, cells, keep, seed"), ("gradcam:x=1", "gradcam takes no settings"),
+                        ("rise:masks=0", "masks must be at least 1"), ("groupcam:groups", "groupcam takes groups")]:
+        with pytest.raises(CamlensError, match=needle) as info:
+            get_method(bad)
+        assert bad in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])

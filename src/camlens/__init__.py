@@ -7,6 +7,7 @@ method is a class of :mod:`camlens.core.methods`; ``camlens methods`` lists them
 """
 
 from camlens.adapters import Explainer
+from camlens.core.augment import Augment
 from camlens.core.methods import (
     CAM,
     KPCACAM,
@@ -24,6 +25,16 @@ from camlens.core.methods import (
     ShapleyCAM,
     XGradCAM,
 )
+from camlens.core.perturbation import (
+    ISCAM,
+    RISE,
+    SSCAM,
+    AblationCAM,
+    FasterScoreCAM,
+    GroupCAM,
+    ReciproCAM,
+    ScoreCAM,
+)
 from camlens.core.result import CamResult
 from camlens.errors import CamlensError
 from camlens.explain import Explanation, Lens, Prediction, explain
@@ -31,7 +42,16 @@ from camlens.models import load_model
 
 __all__ = [
     "CAM",
+    "ISCAM",
     "KPCACAM",
+    "RISE",
+    "SSCAM",
+    "AblationCAM",
+    "Augment",
+    "FasterScoreCAM",
+    "GroupCAM",
+    "ReciproCAM",
+    "ScoreCAM",
     "AttentionRollout",
     "CamResult",
     "CamlensError",

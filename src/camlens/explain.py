@@ -14,8 +14,9 @@ from PIL import Image
 
 from camlens import arguments, render
 from camlens.adapters.backends import ExplainerFn, backend_for
+from camlens.core.augment import Augment
 from camlens.core.maps import normalize, upsample
-from camlens.core.methods import Method, canonical_name, methods_from
+from camlens.core.methods import Method, canonical_spec, methods_from
 from camlens.core.record import MAX_BATCH, Progress
 from camlens.core.targets import (
     ALL,
@@ -310,6 +311,7 @@ class Lens:
         *,
         max_batch: int = MAX_BATCH,
         progress: Progress | None = None,
+        augment: Augment | None = None,
     ) -> list[list[Explanation]]:
         """Explain each image; one forward pass for the batch whatever the number of methods,
         layers and targets.
@@ -331,6 +333,8 @@ class Lens:
                 (Score-CAM, Ablation-CAM, RISE...): bounds their memory.
             progress: told ``(what, done, total)`` as those methods go (see
                 :data:`camlens.core.record.Progress`).
+            augment: average the maps over noisy, flipped or rescaled copies of each image
+                (:class:`camlens.Augment`).
 
         Returns:
             Per image, explanations ordered by target, then method, then layer.
@@ -340,7 +344,8 @@ class Lens:
         sources = [str(i) if isinstance(i, (str, Path)) else "<image>" for i in images]
         request = target if isinstance(target, TargetRequest) else self.parse_targets(target, mask)
         targets = request.for_batch(pictures, self.loaded.preprocessing.input_size)
-        result = self.explainer(method, layer, fuse, layout, max_batch)(self.tensor(pictures), targets, progress=progress)
+        explainer = self.explainer(method, layer, fuse, layout, max_batch, augment)
+        result = explainer(self.tensor(pictures), targets, progress=progress)
         probs = result.probabilities
         out: list[list[Explanation]] = []
         for i, picture in enumerate(pictures):
@@ -387,14 +392,14 @@ class Lens:
         return name, acts[0]
 
     def explainer(self, method: str | Method | Sequence[str | Method], layer: Any, fuse: str | None = None,
-                  layout: Any = None, max_batch: int = MAX_BATCH) -> ExplainerFn:
+                  layout: Any = None, max_batch: int = MAX_BATCH, augment: Augment | None = None) -> ExplainerFn:
         """The (cached) explainer for these methods and layers on this model, so that automatic
         layers and the CAM head are found once, not once per batch."""
         methods_from(method)  # a bad method spec fails here, in one line
         max_batch = arguments.count(max_batch, "max_batch")
-        key = (_method_key(method), _key(layer), fuse, _key(layout), max_batch)
+        key = (_method_key(method), _key(layer), fuse, _key(layout), max_batch, augment)
         if key not in self._explainers:
-            self._explainers[key] = self.backend.explainer(self.loaded, method, layer, fuse, layout, max_batch)
+            self._explainers[key] = self.backend.explainer(self.loaded, method, layer, fuse, layout, max_batch, augment)
         return self._explainers[key]
 
     def parse_targets(self, target: TargetSpec, mask: MaskLike | None = None) -> TargetRequest:
@@ -518,11 +523,12 @@ def as_image(image: ImageLike) -> Image.Image:
 
 
 def _method_key(spec: str | Method | Sequence[str | Method]) -> tuple[object, ...]:
-    """Methods by canonical name (``Grad-CAM`` and ``gradcam`` share an explainer), instances by identity."""
+    """Methods by canonical name and settings (``Grad-CAM`` and ``gradcam`` share an explainer),
+    instances by identity."""
     items = [spec] if isinstance(spec, (str, Method, type)) else list(spec)
     return tuple(
         part for item in items
-        for part in ([canonical_name(p) for p in item.split(",") if p.strip()] if isinstance(item, str) else [id(item)])
+        for part in ([canonical_spec(p) for p in item.split(",") if p.strip()] if isinstance(item, str) else [id(item)])
     )
 
 

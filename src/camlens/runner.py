@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from camlens import arguments, render
+from camlens.core.augment import Augment
 from camlens.core.record import MAX_BATCH, Progress
 from camlens.errors import CamlensError, ImageError, TargetError
 from camlens.explain import Explanation, Lens, Prediction, TargetSpec
@@ -137,6 +138,7 @@ def run(
     stop: StopRequest | None = None,
     max_batch: int = MAX_BATCH,
     steps: Progress | None = None,
+    augment: Augment | None = None,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``.
 
@@ -152,8 +154,8 @@ def run(
     or removed first. When ``stop`` is set (see :func:`stop_on_signals`) the run ends after the
     current batch: the summary says so and lists the inputs not tried. ``progress`` is told
     how many inputs each batch finished; ``steps`` how far the methods that run the model
-    again are within a batch, and ``max_batch`` bounds their inputs per forward (see
-    :meth:`Lens.explain`).
+    again are within a batch, and ``max_batch`` bounds their inputs per forward; ``augment``
+    averages every map over copies of each image (see :meth:`Lens.explain`).
     """
     render.check_colormap(options.colormap)
     render.check_alpha(options.alpha)
@@ -166,7 +168,7 @@ def run(
     request = lens.parse_targets(target, mask)  # bad targets and masks fail here, once, before any output
     every = request.every
     layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
-    lens.explainer(methods, layer_spec, fuse, layout, max_batch)  # bad methods, layers, fusions fail here, before any output
+    lens.explainer(methods, layer_spec, fuse, layout, max_batch, augment)  # bad methods, layers, fusions fail here, first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -192,7 +194,7 @@ def run(
                 report.error = f"{report.source}: {exc}"
         if loaded:
             results = lens.explain([img for _, img in loaded], methods, layer_spec, request, top, fuse, layout=layout,
-                                   max_batch=max_batch, progress=steps)
+                                   max_batch=max_batch, progress=steps, augment=augment)
             for (report, _), explanations in zip(loaded, results, strict=True):
                 report.predictions = explanations[0].predictions
                 write = _write_all_classes if every else _write
@@ -200,7 +202,7 @@ def run(
         progress(len(chunk))
     done, pending = reports[:tried], [r.source for r in reports[tried:]]
     interrupted = stop.signal if stop is not None and pending else None
-    summary = _write_summary(lens, out, methods, done, options, pending, interrupted)
+    summary = _write_summary(lens, out, methods, done, options, pending, interrupted, augment)
     return RunReport(done, summary, pending, interrupted)
 
 
@@ -290,12 +292,13 @@ def _writer(exp: Explanation, kind: str, path: Path, options: RenderOptions) -> 
 
 def _write_summary(
     lens: Lens, out: Path, methods: Sequence[str], reports: list[ImageReport], options: RenderOptions,
-    pending: list[Path], interrupted: int | None,
+    pending: list[Path], interrupted: int | None, augment: Augment | None = None,
 ) -> Path:
     summary = {
         "model": lens.loaded.name,
         "interrupted": signal.Signals(interrupted).name if interrupted else None,
         "methods": list(methods),
+        "augment": repr(augment) if augment else None,
         "colormap": options.colormap,
         "alpha": options.alpha,
         "images": [

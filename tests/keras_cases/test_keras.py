@@ -62,6 +62,22 @@ def test_same_maps_as_pytorch_for_the_same_network(batch: np.ndarray) -> None:
         np.testing.assert_allclose(normalize(k1.maps[method]["conv1"]), normalize(t1.maps[method]["relu1"]), atol=1e-4)
 
 
+def test_smoothing_and_flips_match_pytorch_for_the_same_network(batch: np.ndarray) -> None:
+    """The same noise (drawn channels first in both layouts) and the same mirror images."""
+    from camlens import Augment
+
+    model = small_cnn("softmax")
+    twin = _torch_twin(model)
+    x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())
+    augment = Augment(samples=2, flips=True)
+    methods = ["gradcam", "ablationcam"]
+    with Explainer(model, methods, "conv2", augment=augment) as ke, Explainer(twin, methods, "relu2", augment=augment) as te:
+        k, t = ke(batch), te(x)
+    np.testing.assert_array_equal(k.targets, t.targets)
+    for method in methods:
+        np.testing.assert_allclose(k.maps[method]["conv2"], t.maps[method]["relu2"], rtol=1e-3, atol=1e-5)
+
+
 def test_second_order_route_matches_pytorch_on_a_curved_head(batch: np.ndarray) -> None:
     """conv -> GAP -> Dense(tanh) -> Dense: the Hessian term of Shapley-CAM is not zero here."""
     rng = np.random.default_rng(3)

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from camlens.core.augment import Augment, smoothed
 from camlens.core.record import MAX_BATCH
 from camlens.errors import CamlensError
 
@@ -21,26 +24,74 @@ if TYPE_CHECKING:
 
 def explainer_for(model: Any, method: str | Method | Sequence[str | Method], layer: Any = None, *,
                   output: int | str | None = None, fuse: str | None = None, layout: Any = None,
-                  max_batch: int = MAX_BATCH) -> Any:
+                  max_batch: int = MAX_BATCH, augment: Augment | None = None) -> Any:
     """The explainer of ``model``'s framework: :class:`~camlens.adapters.pytorch.TorchExplainer`
-    for an ``nn.Module``, :class:`~camlens.adapters.keras.KerasExplainer` for a Keras 3 model.
+    for an ``nn.Module``, :class:`~camlens.adapters.keras.KerasExplainer` for a Keras 3 model;
+    with ``augment``, wrapped in :class:`Augmented`.
 
     Raises:
         CamlensError: ``model`` is neither.
     """
     from camlens.adapters.backends import is_keras_model
 
+    if augment is not None and not isinstance(augment, Augment):
+        raise CamlensError(f"augment must be a camlens Augment (Augment.smoothgrad(), Augment.tta()...), not "
+                           f"{type(augment).__name__}")
+    impl: Any
     if is_keras_model(model):
         from camlens.adapters.keras import KerasExplainer
 
-        return KerasExplainer(model, method, layer, output=output, fuse=fuse, layout=layout, max_batch=max_batch)
+        impl = KerasExplainer(model, method, layer, output=output, fuse=fuse, layout=layout, max_batch=max_batch)
+    else:
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise CamlensError(f"expected a PyTorch nn.Module or a Keras 3 model, got {type(model).__name__}")
+        from camlens.adapters.pytorch import TorchExplainer
+
+        impl = TorchExplainer(model, method, layer, fuse, output=output, layout=layout, max_batch=max_batch)
+    return impl if augment is None else Augmented(impl, augment)
+
+
+class Augmented:
+    """An adapter's explainer whose maps are each batch's mean over the copies of an
+    :class:`~camlens.core.augment.Augment` (see :func:`camlens.core.augment.smoothed`): the
+    batch is explained once as it is, for its targets, then every copy for the same columns."""
+
+    def __init__(self, impl: Any, augment: Augment) -> None:
+        self._impl, self.augment = impl, augment
+
+    @property
+    def methods(self) -> list[Method]:
+        return list(self._impl.methods)
+
+    def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None,
+                 progress: Progress | None = None) -> CamResult:
+        first: CamResult = self._impl(batch, targets, top=top, progress=progress)
+        torch_batch = hasattr(batch, "detach")  # a torch tensor, channels first; else a Keras batch, channels last
+        x = batch.detach().float().cpu().numpy() if torch_batch else np.asarray(batch, dtype=np.float32)
+
+        def explain(copy: np.ndarray) -> CamResult:
+            result: CamResult = self._impl(_tensor_like(copy, batch) if torch_batch else copy, list(first.columns),
+                                           progress=progress)
+            return result
+
+        return smoothed(first, explain, x, "NCHW" if torch_batch else "NHWC", self.augment)
+
+    def close(self) -> None:
+        self._impl.close()
+
+    def __enter__(self) -> Augmented:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _tensor_like(copy: np.ndarray, batch: Any) -> Any:
     import torch
 
-    if not isinstance(model, torch.nn.Module):
-        raise CamlensError(f"expected a PyTorch nn.Module or a Keras 3 model, got {type(model).__name__}")
-    from camlens.adapters.pytorch import TorchExplainer
-
-    return TorchExplainer(model, method, layer, fuse, output=output, layout=layout, max_batch=max_batch)
+    return torch.from_numpy(copy).to(batch.device, batch.dtype)
 
 
 class Explainer:
@@ -62,14 +113,17 @@ class Explainer:
             (``"tokens:1"``, ``"tokens:1:14x14"``, ``"nhwc"``; see :class:`camlens.core.layouts.Layout`).
         max_batch: inputs per extra forward pass of the methods that run the model again
             (Score-CAM, Ablation-CAM, RISE...): bounds their memory.
+        augment: average every method's maps over noisy, flipped or rescaled copies of each
+            batch (:class:`~camlens.core.augment.Augment`: ``Augment.smoothgrad()``, ``Augment.tta()``).
 
     Maps come back ``(N, K, h, w)`` for both frameworks. Hooks live only during each call.
     """
 
     def __init__(self, model: Any, method: str | Method | Sequence[str | Method] = "gradcam", layer: Any = None, *,
                  output: int | str | None = None, fuse: str | None = None, layout: Any = None,
-                 max_batch: int = MAX_BATCH) -> None:
-        self._impl = explainer_for(model, method, layer, output=output, fuse=fuse, layout=layout, max_batch=max_batch)
+                 max_batch: int = MAX_BATCH, augment: Augment | None = None) -> None:
+        self._impl = explainer_for(model, method, layer, output=output, fuse=fuse, layout=layout, max_batch=max_batch,
+                                   augment=augment)
 
     @property
     def methods(self) -> list[Method]:

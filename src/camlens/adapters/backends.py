@@ -16,6 +16,7 @@ from camlens.core.result import CamResult
 from camlens.core.targets import Output
 
 if TYPE_CHECKING:
+    from camlens.core.augment import Augment
     from camlens.models.registry import LoadedModel
 
 LayerRow = tuple[str, str, tuple[int | None, ...] | None, str]
@@ -34,7 +35,7 @@ class Backend(Protocol):
         (``.array``, ``.probabilities``), no gradients."""
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
-                  layout: Any = None, max_batch: int = MAX_BATCH) -> ExplainerFn:
+                  layout: Any = None, max_batch: int = MAX_BATCH, augment: Augment | None = None) -> ExplainerFn:
         """A callable ``(batch, targets, top=None, progress=None) -> CamResult``."""
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
@@ -62,10 +63,11 @@ class TorchBackend:
         return canonical(raw, loaded.output, (int(batch.shape[-2]), int(batch.shape[-1])), batch.device)
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
-                  layout: Any = None, max_batch: int = MAX_BATCH) -> ExplainerFn:
-        from camlens.adapters.pytorch.extractor import TorchExplainer
+                  layout: Any = None, max_batch: int = MAX_BATCH, augment: Augment | None = None) -> ExplainerFn:
+        from camlens.adapters import explainer_for
 
-        return TorchExplainer(loaded.model, method, layer, fuse, output=loaded.output, layout=layout, max_batch=max_batch)
+        return explainer_for(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout,  # type: ignore[no-any-return]
+                             max_batch=max_batch, augment=augment)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.pytorch.extractor import feature_maps
@@ -98,11 +100,11 @@ class KerasBackend:
         return routes.forward_pass(loaded.model, batch, [], head, with_gradients=False).output
 
     def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
-                  layout: Any = None, max_batch: int = MAX_BATCH) -> ExplainerFn:
-        from camlens.adapters.keras.extractor import KerasExplainer
+                  layout: Any = None, max_batch: int = MAX_BATCH, augment: Augment | None = None) -> ExplainerFn:
+        from camlens.adapters import explainer_for
 
-        return KerasExplainer(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout,
-                              max_batch=max_batch)
+        return explainer_for(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout,  # type: ignore[no-any-return]
+                             max_batch=max_batch, augment=augment)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.keras.extractor import feature_maps

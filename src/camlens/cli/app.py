@@ -40,6 +40,7 @@ from camlens.cli.common import (
     stopping,
     target_help,
 )
+from camlens.core.augment import Augment
 from camlens.core.methods import get_method
 from camlens.core.record import MAX_BATCH, Need
 from camlens.errors import CamlensError, ImageError, Interrupted, ModelFailure
@@ -81,6 +82,12 @@ def explain(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     max_batch: MaxBatchOpt = MAX_BATCH,
+    smooth: Annotated[int, typer.Option(
+        "--smooth", min=0, help="Average every map over this many noisy copies of the image (SmoothGrad: noise 15% of "
+                                "its value range, seeded). 0: off.")] = 0,
+    tta: Annotated[bool, typer.Option(
+        "--tta", help="Average every map over the image at scales 0.75, 1 and 1.25, each as it is and mirrored, every "
+                      "map mapped back first (the model must take other input sizes).")] = False,
     device: DeviceOpt = "auto",
     output: OutputOpt = None,
     headless: HeadlessOpt = False,
@@ -94,6 +101,7 @@ def explain(
     lens = open_lens(model, weights, labels, device, output, trust_pickle, headless)
     options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
     methods = parse_methods(method)
+    augment = Augment(samples=smooth, flips=tta, scales=(0.75, 1.0, 1.25) if tta else (1.0,)) if smooth or tta else None
     steps = any(Need.FORWARDS in get_method(m).needs for m in methods)
     with runner.stop_on_signals(stopping) as stop, progress_bar(len(files), steps) as bar:
         task = bar.add_task("explaining", total=len(files))
@@ -101,6 +109,7 @@ def explain(
             lens, files, out, methods=methods, layers=split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
             mask=mask, layout=layout, stop=stop, max_batch=max_batch, steps=step_reporter(bar) if steps else None,
+            augment=augment,
         )
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
@@ -203,29 +212,32 @@ def methods(
     if markdown:
         out_console.print("| name | method | paper | needs | cost per image | map |")
         out_console.print("| --- | --- | --- | --- | --- | --- |")
-        for name, aliases, title, paper, needs, cost, formula in rows:
+        for name, aliases, settings, title, paper, needs, cost, formula in rows:
             also = f" (or {', '.join(f'`{a}`' for a in aliases)})" if aliases else ""
+            also += f"; settings {', '.join(f'`{s}`' for s in settings)}" if settings else ""
             out_console.print(f"| `{name}`{also} | {title} | {paper} | {needs} | {cost} | {formula} |", soft_wrap=True)
         return
     table = Table(title=f"{len(rows)} methods (g = d score / d A, A the layer's output)")
     for column in ("name", "method", "paper", "needs", "cost per image", "map"):
         table.add_column(column)
-    for name, aliases, *rest in rows:
-        table.add_row(name + (f" (or {', '.join(aliases)})" if aliases else ""), *rest)
+    for name, aliases, settings, *rest in rows:
+        also = (f" (or {', '.join(aliases)})" if aliases else "") + (f"; settings {', '.join(settings)}" if settings else "")
+        table.add_row(name + also, *rest)
     out_console.print(table)
-    out_console.print("One forward pass is shared by every method, layer and target of a run.", soft_wrap=True)
+    out_console.print("One forward pass is shared by every method, layer and target of a run. Settings go after colons: "
+                      "--method rise:masks=1000:cells=5.", soft_wrap=True)
 
 
-def method_rows() -> list[tuple[str, tuple[str, ...], str, str, str, str, str]]:
-    """One row per registered method: name, aliases, title, paper, needs, cost, formula."""
-    from camlens.core.methods import method_classes
+def method_rows() -> list[tuple[str, tuple[str, ...], list[str], str, str, str, str, str]]:
+    """One row per registered method: name, aliases, settings, title, paper, needs, cost, formula."""
+    from camlens.core.methods import method_classes, parameters
 
     rows = []
     for cls in method_classes():
         needs = ", ".join(sorted(n.value for n in cls.needs)) or "activations"
         b = cls.backwards
         cost = cls.cost or "1 forward" + (f" + {b} backward{'s' if b > 1 else ''} per target" if b else "")
-        rows.append((cls.name, cls.aliases, cls.title, cls.paper, needs, cost, cls.formula))
+        rows.append((cls.name, cls.aliases, parameters(cls), cls.title, cls.paper, needs, cost, cls.formula))
     return rows
 
 

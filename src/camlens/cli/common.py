@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.status import Status
 from rich.text import Text
 
-from camlens.core.methods import method_names, methods_from
+from camlens.core.methods import canonical_spec, method_names
 from camlens.errors import CamlensError
 
 app = typer.Typer(
@@ -101,7 +101,8 @@ MethodOpt = Annotated[
     list[str],
     typer.Option(
         "--method",
-        help=f"Method(s), comma-separated or repeated: {', '.join(method_names())} (any case; `camlens methods` describes them).",
+        help=f"Method(s), comma-separated or repeated: {', '.join(method_names())} (any case; `camlens methods` describes "
+             "them). Settings after colons: rise:masks=1000:cells=5, fasterscorecam:channels=32.",
     ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
@@ -123,8 +124,12 @@ def split(values: list[str] | None) -> list[str]:
 
 
 def parse_methods(values: list[str]) -> list[str]:
-    """``--method`` values as canonical method names (aliases resolved once, here)."""
-    return [m.name for m in methods_from(split(values))]
+    """``--method`` values as canonical method names, with their settings if any
+    (``rise:masks=1000``; aliases resolved once, here)."""
+    specs = list(dict.fromkeys(canonical_spec(v) for v in split(values)))
+    if not specs:
+        raise CamlensError("no method given")
+    return specs
 
 
 def open_lens(  # type: ignore[no-untyped-def]

@@ -163,9 +163,60 @@ def canonical_name(name: str) -> str:
     return _ALIASES[key]
 
 
+_BINDING = frozenset({"self", "model", "layer", "output", "layout", "max_batch", "kwargs"})
+
+
+def parameters(cls: type[Method]) -> list[str]:
+    """The settings a method class takes by keyword (``masks``, ``cells``... for RISE)."""
+    import inspect
+
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in _BINDING]
+
+
 def get_method(name: str) -> Method:
-    """A new instance of the registered method ``name`` (see :func:`canonical_name`)."""
-    return _REGISTRY[canonical_name(name)]()
+    """A new instance of the registered method ``name`` (see :func:`canonical_name`), with
+    settings after colons: ``"rise:masks=1000:cells=5"``, ``"reciprocam:gaussian=true"``.
+
+    Raises:
+        MethodError: an unknown name or setting, or a value of the wrong kind.
+    """
+    base, *settings = name.split(":")
+    cls = _REGISTRY[canonical_name(base)]
+    if not settings:
+        return cls()
+    known = parameters(cls)
+    given: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            takes = f"takes {', '.join(known)} (as {cls.name}:NAME=VALUE)" if known else "takes no settings"
+            raise MethodError(f"method {name!r}: {cls.name} {takes}, not {setting!r}")
+        given[key] = _value(text.strip())
+    try:
+        return cls(**given)
+    except CamlensError as exc:
+        raise MethodError(f"method {name!r}: {exc}") from None
+
+
+def canonical_spec(spec: str) -> str:
+    """A method name with its settings (``"RISE:masks=1000"``) as ``"rise:masks=1000"``, checked."""
+    get_method(spec)
+    base, sep, settings = spec.strip().partition(":")
+    return canonical_name(base) + sep + settings.replace(" ", "")
+
+
+def _value(text: str) -> object:
+    """A setting's value: an int, a float, true/false, else the text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def methods_from(spec: str | Method | Sequence[str | Method]) -> list[Method]:

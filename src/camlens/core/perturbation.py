@@ -24,6 +24,15 @@ MASKS_PER_CALL = 128
 """Masks handed to the probe at once (the probe runs them ``max_batch`` at a time): bounds the
 upsampled masks held in memory to about ``128 * H * W * 4`` bytes."""
 
+REPLACED_BYTES = 64 * 2**20
+"""Replaced layer outputs handed to the probe at once: about this many bytes (at least the
+probe's ``max_batch`` of them), which the probe runs as :func:`~camlens.core.record.replacement_rows` allows."""
+
+
+def _per_call(probe: Probe, row_bytes: int) -> int:
+    """Replacements of ``row_bytes`` each to hand to ``probe.score_replaced`` at once."""
+    return max(probe.max_batch, REPLACED_BYTES // max(row_bytes, 1))
+
 
 def _probe(record: LayerRecord, title: str) -> Probe:
     if record.probe is None or record.columns is None:
@@ -222,8 +231,9 @@ class AblationCAM(ChannelWeighted):
         for i, live in enumerate(every):
             y = record.scores[i].astype(np.float32)
             scale = np.where(np.abs(y) > 0, np.abs(y), 1.0)
-            for start in range(0, len(live), probe.max_batch):
-                part = live[start : start + probe.max_batch]
+            step = _per_call(probe, a[i].nbytes)
+            for start in range(0, len(live), step):
+                part = live[start : start + step]
                 ablated = np.repeat(a[i : i + 1], len(part), axis=0)
                 ablated[np.arange(len(part)), part] = 0.0
                 got = probe.score_replaced(record.layer, ablated[None], record.columns, samples=np.array([i]))
@@ -420,8 +430,9 @@ class ReciproCAM(Method):
         out = np.zeros((n, k, h * w), np.float32)
         for i in range(n):
             vectors = a[i].reshape(c, h * w)
-            for start in range(0, h * w, probe.max_batch):
-                part = np.arange(start, min(start + probe.max_batch, h * w))
+            step = _per_call(probe, a[i].nbytes)
+            for start in range(0, h * w, step):
+                part = np.arange(start, min(start + step, h * w))
                 kept = vectors[:, centre[part]].T[:, :, None, None] * masks[part][:, None]  # (m, C, h, w)
                 got = probe.score_replaced(record.layer, kept[None], record.columns, samples=np.array([i]), probability=True)
                 out[i][:, part] = got[0].T

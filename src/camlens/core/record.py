@@ -143,7 +143,7 @@ class Probe(Protocol):
         ``columns``, ``samples`` and ``probability`` as for :meth:`score_masked`.
         Where the model allows, the layers before ``layer`` run once per forward, not once per
         replacement (an adapter checks that this gives the model's own scores, else runs every
-        replacement whole)."""
+        replacement whole), and a forward then carries :func:`replacement_rows` replacements."""
         ...
 
 
@@ -179,6 +179,14 @@ def per_sample_baseline(baseline: float | np.ndarray, n: int, input_shape: tuple
         raise MethodError(f"a baseline of shape {np.shape(baseline)} is neither broadcastable to one input "
                           f"{tuple(input_shape)} nor one per sample ({n}, ...)") from None
     return base
+
+
+def replacement_rows(max_batch: int, input_bytes: int, row_bytes: int) -> int:
+    """Replacements per forward of :meth:`Probe.score_replaced` when the layers before the layer
+    run once per forward (one input row): as many as fit in the bytes of ``max_batch`` inputs,
+    and at least ``max_batch``. After a deep layer (small maps, a short rest of the network)
+    that is many more rows than inputs, for the memory of a forward of ``max_batch`` inputs."""
+    return max(max_batch, max_batch * input_bytes // max(row_bytes, 1))
 
 
 def prefix_shared(twice: Callable[[], np.ndarray], once: Callable[[], np.ndarray]) -> bool:

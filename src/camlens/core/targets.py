@@ -808,11 +808,17 @@ def as_targets(spec: Targets, out: Output, top: int | None = None) -> list[Targe
 
 
 def resolve(spec: Targets, out: Output, top: int | None = None) -> list[Column]:
-    """The columns a target spec explains for the batch whose output is ``out`` (see :func:`as_targets`).
+    """The columns a target spec explains for the batch whose output is ``out`` (see
+    :func:`as_targets`); columns frozen before, on a batch of the same size, are kept as they
+    are (copies of a batch explain the batch's own decisions).
 
     Raises:
         TargetError: the spec explains nothing (no boxes, a score of width 0).
     """
+    if isinstance(spec, (list, tuple)) and spec and all(isinstance(c, Column) for c in spec):
+        if any(len(c.classes) != out.size for c in spec):
+            raise TargetError(f"frozen target columns are for a batch of {len(spec[0].classes)}, not {out.size}")
+        return list(spec)
     columns = [c for target in as_targets(spec, out, top) for c in target.freeze(out)]
     if not columns:
         raise TargetError("the targets explain nothing (no class, box or score given)")

@@ -34,6 +34,7 @@ from camlens.core.record import (
     per_sample_masks,
     prefix_shared,
     probe_samples,
+    replacement_rows,
 )
 from camlens.core.targets import Column, Output
 from camlens.errors import CamlensError, LayerError, MethodError, ModelFailure
@@ -176,7 +177,8 @@ class KerasProbe:
             current[:] = [keras.ops.convert_to_tensor(layout.from_nchw(flat[rows], like))]
             return self._batch[rows_of[:1] if shared else rows_of]
 
-        return self._scores(count, inputs, (path, current), columns, which, True, probability)
+        rows = replacement_rows(self.max_batch, self._batch[0].nbytes, flat[0].nbytes) if shared else self.max_batch
+        return self._scores(count, inputs, (path, current), columns, which, True, probability, batch=rows)
 
     def _prefix_shared(self, layer: str, current: list[Any], columns: np.ndarray | None, sample: int) -> bool:
         """Whether ``layer``'s replacements may share one run of the layers before it (see the

@@ -42,6 +42,7 @@ from camlens.core.record import (
     per_sample_masks,
     prefix_shared,
     probe_samples,
+    replacement_rows,
 )
 from camlens.core.targets import SCORES, Column, Output
 from camlens.errors import LayerError, MethodError
@@ -380,7 +381,9 @@ class TorchProbe:
                     self._batch.device, self._batch.dtype)]
                 return self._batch[torch.as_tensor(rows_of[:1] if shared else rows_of)]
 
-            return self._scores(count, inputs, columns, which, True, probability)
+            per_row = self._batch[0].element_size() * self._batch[0].nelement()
+            rows = replacement_rows(self.max_batch, per_row, flat[0].nbytes) if shared else self.max_batch
+            return self._scores(count, inputs, columns, which, True, probability, batch=rows)
 
     @contextmanager
     def _replacing(self, layer: str, current: list[torch.Tensor]) -> Iterator[None]:
