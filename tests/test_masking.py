@@ -184,6 +184,29 @@ def test_method_settings_by_name() -> None:
         assert bad in str(info.value) and "\n" not in str(info.value)
 
 
+class NoAutograd(nn.Module):
+    """conv -> ReLU -> [GAP -> linear under torch.no_grad]: no gradient reaches the layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv(x))
+        with torch.no_grad():
+            return self.fc(a.mean(dim=(2, 3)))
+
+
+def test_a_model_without_gradients_is_told_which_methods_work() -> None:
+    model, x = NoAutograd().eval(), torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(CamlensError, match="through autograd .* methods without gradients work: scorecam") as info:
+        Explainer(model, "gradcam", "conv")(x)
+    assert "\n" not in str(info.value)
+    for method in ("scorecam", "ablationcam", "reciprocam"):
+        assert np.ptp(Explainer(model, method, "conv")(x).maps[method]["conv"]) > 0
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_a_bad_max_batch_is_one_line(bad: object) -> None:
     with pytest.raises(CamlensError, match="max_batch"):

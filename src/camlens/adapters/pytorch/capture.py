@@ -221,7 +221,9 @@ class TorchPass:
         if not score.requires_grad and kind == "detection":
             return [torch.zeros_like(x) for x in inputs]  # no detection matched the box: zero maps
         if not score.requires_grad:
-            raise LayerError(f"the {kind} target's score does not depend on layer {names[0]!r}")
+            raise LayerError(f"the {kind} target's score does not depend on layer {names[0]!r} through autograd (it is "
+                             "constant, detached, or computed under torch.no_grad); methods without gradients work: "
+                             "scorecam, ablationcam, reciprocam, rise, eigencam")
         grads = torch.autograd.grad(score, inputs, retain_graph=True, create_graph=create_graph, allow_unused=True)
         for name, grad in zip(names, grads, strict=True):
             if grad is None:
