@@ -209,6 +209,17 @@ def test_smoothing_tta_and_max_batch_from_the_cli(small_model: Path, tmp_path: P
         assert not (tmp_path / "o2").exists()
 
 
+def test_cli_errors_name_flags_where_the_library_names_parameters(small_model: Path, tmp_path: Path) -> None:
+    Image.new("RGB", (50, 40), (30, 160, 90)).save(tmp_path / "a.png")
+    offline = camlens("explain", tmp_path / "a.png", "--model", "resnet50", "--out", tmp_path / "o")
+    assert offline.returncode == 2 and "pass --weights FILE" in offline.stderr and "weights=" not in offline.stderr
+    first, again = [camlens("explain", tmp_path / "a.png", "--model", small_model, "--out", tmp_path / "o2", "--device",
+                            "cpu") for _ in range(2)]
+    assert again.returncode == 1 and "pass --overwrite to replace it" in again.stderr and "overwrite=" not in again.stderr
+    assert "wrote 1 file to" in first.stdout and "wrote 0 files to" in again.stdout and "summary" not in again.stdout
+    assert len(list((tmp_path / "o2").glob("camlens-run-*.json"))) == 1  # a run that wrote nothing leaves no summary
+
+
 def test_method_aliases_are_resolved_once_at_the_edge(small_model: Path, tmp_path: Path) -> None:
     from camlens.evaluation.run import dataset, evaluate
     from camlens.explain import Lens

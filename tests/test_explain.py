@@ -22,8 +22,9 @@ def test_one_call_explain_on_a_file(samples_dir: Path, tmp_path: Path) -> None:
     assert exp.heatmap.shape == (400, 600) and exp.heatmap.min() == 0.0 and exp.heatmap.max() == 1.0
     assert exp.overlay(colormap="hot", alpha=0.3).size == (600, 400)
     path = exp.save(tmp_path / "x.png")
-    with pytest.raises(CamlensError, match="exists"):
+    with pytest.raises(CamlensError, match="exists; pass overwrite=True to replace it") as info:
         exp.save(path)
+    assert "--" not in str(info.value)  # the library names its parameter; the CLI says --overwrite
     exp.save(path, panel=True, overwrite=True)
     assert exp.to_dict()["target"] == {"index": 967, "label": "espresso", "probability": round(exp.target.probability, 6)}
 

@@ -92,7 +92,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, photo: Image.Image) -> 
 def test_write_atomic_never_clobbers_and_leaves_no_partials(tmp_path: Path) -> None:
     dest = tmp_path / "out" / "x.bin"
     write_atomic(dest, lambda fh: fh.write(b"first"))
-    with pytest.raises(CamlensError, match="exists; pass --overwrite"):
+    with pytest.raises(CamlensError, match="exists; pass overwrite=True"):
         write_atomic(dest, lambda fh: fh.write(b"second"))
     assert dest.read_bytes() == b"first"
     assert dest.stat().st_mode & 0o777 == 0o666 & ~_umask()

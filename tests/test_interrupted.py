@@ -47,7 +47,7 @@ def test_a_failing_or_interrupted_group_writes_nothing(tmp_path: Path) -> None:
         assert list(tmp_path.iterdir()) == []
 
     (tmp_path / "b.txt").write_bytes(b"mine")
-    with pytest.raises(CamlensError, match="b.txt: exists; pass --overwrite"):
+    with pytest.raises(CamlensError, match="b.txt: exists; pass overwrite=True"):
         write_group([(tmp_path / "a.txt", lambda fh: fh.write(b"a")), (tmp_path / "b.txt", lambda fh: fh.write(b"b"))])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"] and (tmp_path / "b.txt").read_bytes() == b"mine"
 

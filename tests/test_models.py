@@ -44,7 +44,7 @@ def test_torchvision_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(ModelError, match=r"cannot get pretrained weights for 'resnet50'.*pass --weights FILE"):
+    with pytest.raises(ModelError, match=r"cannot get pretrained weights for 'resnet50'.*pass weights=FILE"):
         load_model("resnet50", device="cpu")
 
 
@@ -110,7 +110,7 @@ def test_imagenet_labels_lookup() -> None:
 def test_cuda_requested_without_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(ModelError, match="no CUDA GPU here; use --device cpu"):
+    with pytest.raises(ModelError, match="no CUDA GPU here; use device='cpu'"):
         load_model(device="cuda")
 
 
@@ -160,7 +160,7 @@ def test_offline_timm_and_huggingface_names_fail_at_once(monkeypatch: pytest.Mon
         raise AssertionError("tried to download")
 
     monkeypatch.setattr(timm, "create_model", no_download)
-    with pytest.raises(ModelError, match=r"'timm:vit_tiny_patch16_224' \(huggingface.co is not reachable\).*--weights FILE"):
+    with pytest.raises(ModelError, match=r"'timm:vit_tiny_patch16_224' \(huggingface.co is not reachable\).*weights=FILE"):
         load_model("timm:vit_tiny_patch16_224", device="cpu")
     with pytest.raises(ModelError, match=r"'hf:google/vit-base-patch16-224' \(huggingface.co is not reachable\)") as err:
         load_model("hf:google/vit-base-patch16-224", device="cpu")

@@ -158,7 +158,7 @@ def test_backbones_cam_ready_or_explained_by_gradients() -> None:
     assert vit.preprocessing.input_size == (64, 64) and len(vit.model.blocks) == 2
     with pytest.raises(ModelError, match="cannot be built with"):
         build("timm:vit_tiny_patch16_224", 3, pretrained=False, options={"wings": 2})
-    with pytest.raises(ModelError, match="add --no-pretrained"):
+    with pytest.raises(ModelError, match="add pretrained=False"):
         build("timm:vit_tiny_patch16_224", 3, options={"depth": 2})
     with pytest.raises(ModelError, match="img_size=224 and --input-size 64 disagree"):
         build("timm:vit_tiny_patch16_224", 3, pretrained=False, input_size=64, options={"img_size": 224, "depth": 1})

@@ -106,7 +106,7 @@ def _with_mask(target: Target, masks: np.ndarray) -> Target:
         return Segmentation(target.index, masks)
     if isinstance(target, Top) and target.k == 1:
         return Segmentation(None, masks)
-    raise TargetError(f"--mask goes with one class (or the top class) of a segmentation model, not {target!r}")
+    raise TargetError(f"mask= goes with one class (or the top class) of a segmentation model, not {target!r}")
 
 
 def _mask_for(mask: np.ndarray, picture: Image.Image, size: tuple[int, int]) -> np.ndarray:

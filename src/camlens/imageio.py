@@ -40,7 +40,7 @@ def set_max_pixels(pixels: int) -> None:
     """
     global _max_pixels
     if pixels < 4096:
-        raise CamlensError(f"--max-pixels must be at least 4096, got {pixels}")
+        raise CamlensError(f"max_pixels must be at least 4096, got {pixels}")
     _max_pixels = int(pixels)
 
 
@@ -97,7 +97,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     if rgb.width * rgb.height < width * height:
         rgb.info[ORIGINAL_SIZE] = (width, height)
         warnings.warn(f"{p}: {width}x{height} ({width * height / 1e6:.1f} MP) is over the {budget / 1e6:.1f} MP "
-                      f"budget; read at {rgb.width}x{rgb.height} (--max-pixels to change it)",
+                      f"budget; read at {rgb.width}x{rgb.height} (max_pixels= to change it)",
                       ImageReducedWarning, stacklevel=2)
     return rgb
 
@@ -187,7 +187,7 @@ def _place(tmp: Path, dest: Path, overwrite: bool) -> None:
         else:
             os.link(tmp, dest)
     except FileExistsError as exc:
-        raise CamlensError(f"{dest}: exists; pass --overwrite to replace it") from exc
+        raise CamlensError(f"{dest}: exists; pass overwrite=True to replace it") from exc
     except OSError as exc:
         raise CamlensError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
 
@@ -220,7 +220,7 @@ def write_group(files: Sequence[tuple[Path, Callable[[BinaryIO], object]]], over
     if not overwrite:
         for dest, _ in files:
             if dest.exists():
-                raise CamlensError(f"{dest}: exists; pass --overwrite to replace it")
+                raise CamlensError(f"{dest}: exists; pass overwrite=True to replace it")
     parts: list[tuple[Path, Path]] = []
     placed: list[Path] = []
     journal: Path | None = None

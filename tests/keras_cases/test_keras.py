@@ -308,6 +308,12 @@ def test_cli_with_a_keras_file(tmp_path) -> None:  # type: ignore[no-untyped-def
     assert len(explained) == 6 and {e["layer"] for e in explained} == {"conv2"}
     layers = subprocess.run([str(exe), "layers", str(tmp_path / "mine.keras")], capture_output=True, text=True, timeout=600)
     assert layers.returncode == 0 and "conv2" in layers.stdout and "<- default" in layers.stdout, layers.stderr[-2000:]
+    base = small_cnn("logits")
+    keras.Model(base.input, [base.output, base.get_layer("gap").output]).save(tmp_path / "two_heads.keras")
+    two = [subprocess.run([str(exe), "layers", str(tmp_path / "two_heads.keras"), *extra], capture_output=True, text=True,
+                          timeout=600) for extra in ([], ["--output", "0"])]
+    assert two[0].returncode == 2 and "choose one with --output" in two[0].stderr and "output=" not in two[0].stderr
+    assert two[1].returncode == 0 and "<- default" in two[1].stdout, two[1].stderr[-2000:]
 
 
 def test_evaluation_matches_the_pytorch_twin(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -34,6 +34,7 @@ from camlens.cli.common import (
     open_lens,
     out_console,
     parse_methods,
+    plural,
     progress_bar,
     split,
     step_reporter,
@@ -113,7 +114,8 @@ def explain(
         )
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
-    out_console.print(f"wrote {written} files to {out}/ (summary: {report.summary})", soft_wrap=True)
+    summary = f" (summary: {report.summary})" if report.summary else ""
+    out_console.print(f"wrote {plural(written, 'file')} to {out}/{summary}", soft_wrap=True)
     exit_if_failed([str(r.error) for r in report.failed], f"{len(report.failed)} of {len(report.images)} images failed",
                    report.interrupted, len(report.pending))
 
@@ -183,12 +185,13 @@ def layers(
     trust_pickle: TrustPickleOpt = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every module, not only spatial ones.")] = False,
     device: DeviceOpt = "cpu",
+    output: OutputOpt = None,
 ) -> None:
     """List candidate target layers with their output shapes and layouts; mark the automatic choice.
 
     Named architectures are built without their pretrained weights (layers do not depend on
     them), so this works offline."""
-    lens = open_lens(model, weights, None, device, trust_pickle=trust_pickle, pretrained=False)
+    lens = open_lens(model, weights, None, device, output, trust_pickle=trust_pickle, pretrained=False)
     rows, chosen = lens.backend.layers(lens.loaded)
     h, w = lens.loaded.preprocessing.input_size
     table = Table(title=f"{model}: layers in forward order (input {h}x{w})")

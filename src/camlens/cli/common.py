@@ -68,7 +68,13 @@ class SafeConsole(Console):
 out_console = SafeConsole()
 err_console = SafeConsole(stderr=True)
 
-_CLI_FLAGS = {"trust_pickle=True": "--trust-pickle", "output=": "--output ", "layout=": "--layout "}
+_CLI_FLAGS = {
+    "trust_pickle=True": "--trust-pickle", "output=": "--output ", "layout=": "--layout ", "overwrite=True": "--overwrite",
+    "resume=True": "--resume", "pretrained=False": "--no-pretrained", "device='cpu'": "--device cpu",
+    "headless=True": "--headless", "weights=": "--weights ", "model=": "--model ", "mask=": "--mask",
+    "layer=": "--layer", "max_pixels=": "--max-pixels", "max_pixels": "--max-pixels", "max_batch": "--max-batch",
+}
+"""Python keywords in library messages, and the flags the CLI says instead (in this order)."""
 
 
 def for_cli(message: str) -> str:
@@ -190,6 +196,11 @@ def step_reporter(bar: Progress) -> Callable[[str, int, int], None]:
     return report
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def exit_if_failed(lines: list[str], header: str, interrupted: int | None = None, untried: int = 0) -> None:
     """List what failed under ``header`` on stderr and exit 1; do nothing when nothing failed.
     A run stopped by a signal says how many inputs it left untried and exits 128 + the signal
@@ -197,7 +208,7 @@ def exit_if_failed(lines: list[str], header: str, interrupted: int | None = None
     if lines:
         err_console.print(Text(f"{printable(header)}:", style="red"))
         for line in lines:
-            err_console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+            err_console.print(f"  {for_cli(line)}", highlight=False, markup=False, soft_wrap=True)
     if interrupted is not None:
         err_console.print(f"interrupted by {signal.Signals(interrupted).name}: {untried} inputs not tried "
                           "(the summary lists them)", soft_wrap=True)

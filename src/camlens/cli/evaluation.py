@@ -26,6 +26,7 @@ from camlens.cli.common import (
     open_lens,
     out_console,
     parse_methods,
+    plural,
     progress_bar,
     stopping,
     target_help,
@@ -249,5 +250,5 @@ def evaluate(
         "Drop, Incr: Average Drop / Increase in Confidence; Del, Ins: deletion / insertion AUC. "
         "Lower is better for Drop and Del, higher for the rest.", soft_wrap=True, highlight=False,
     )
-    out_console.print(f"wrote {len(written)} files to {out}/ (report: {out / 'report.md'})", soft_wrap=True)
+    out_console.print(f"wrote {plural(len(written), 'file')} to {out}/ (report: {out / 'report.md'})", soft_wrap=True)
     exit_if_failed(result.failed, f"{len(result.failed)} images or annotation records not evaluated")

@@ -57,7 +57,7 @@ def check_free(out: Path, overwrite: bool) -> None:
         return
     taken = [out / f for f in FILES if (out / f).exists()]
     if taken:
-        raise CamlensError(f"{taken[0]}: exists; pass --overwrite to replace it (or choose another --out)")
+        raise CamlensError(f"{taken[0]}: exists; pass overwrite=True to replace it (or write to another folder)")
 
 
 def write(result: EvalResult, out: Path, per_image: IO[str], *, title: str, overwrite: bool) -> list[Path]:

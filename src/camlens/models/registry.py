@@ -52,7 +52,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device cuda asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        raise ModelError("device cuda asked for, but PyTorch sees no CUDA GPU here; use device='cpu'")
     return dev
 
 
@@ -164,7 +164,7 @@ def _headless(model: nn.Module, name: str) -> nn.Module:
         if isinstance(getattr(model, attr, None), nn.Module):
             setattr(model, attr, nn.Identity())
             return model
-    raise ModelError(f"{name}: cannot tell which layer is the classifier to drop for --headless")
+    raise ModelError(f"{name}: cannot tell which layer is the classifier to drop for headless=True")
 
 
 def _torch_labels(lab: Labels | None, model: nn.Module) -> Labels:
@@ -281,7 +281,7 @@ def _hf(repo: str, weights: Path | None, pretrained: bool = True) -> tuple[nn.Mo
     """A HuggingFace ``transformers`` image classifier by repository name, with its image
     processor's mean, std and size (downloaded on first use; offline, a one-line error at once)."""
     if weights is not None:
-        raise ModelError(f"hf:{repo} loads its own weights; --weights is for torchvision and timm architectures")
+        raise ModelError(f"hf:{repo} loads its own weights; weights= is for torchvision and timm architectures")
     try:
         import transformers
         from huggingface_hub import try_to_load_from_cache
@@ -425,7 +425,7 @@ def _from_file(path: Path, trust_pickle: bool) -> tuple[nn.Module, Preprocessing
         model = architecture(arch, num_classes, data.get("arch_options") or None)
         _load_into(model, state, path)
         return model, prep, names
-    raise ModelError(f"{path}: holds weights but no architecture; pass --model ARCH --weights {path}")
+    raise ModelError(f"{path}: holds weights but no architecture; load it with model=ARCH, weights={path}")
 
 
 ArchOptions = dict[str, "int | float | bool | str"]
@@ -555,7 +555,7 @@ def _num_classes(model: nn.Module) -> int:
 
 def _offline_message(name: str, exc: OSError, cache: str, weights: bool = True) -> str:
     bundled = f"the bundled, offline {DEFAULT_MODEL}"
-    alternative = f"pass --weights FILE (or use {bundled})" if weights else f"use {bundled}"
+    alternative = f"pass weights=FILE (or use {bundled})" if weights else f"use {bundled}"
     return (
         f"cannot get pretrained weights for {name!r} ({exc}): they download on first use into {cache}; "
         f"connect once, or {alternative}"

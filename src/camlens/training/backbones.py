@@ -53,11 +53,11 @@ def build(
         raise CamlensError(f"input size must be at least 16 pixels, got {input_size}")
     if pretrained and arch != SMALL_CNN:
         if opts:
-            raise ModelError(f"architecture options ({', '.join(opts)}) build a model from scratch: add --no-pretrained")
+            raise ModelError(f"architecture options ({', '.join(opts)}) build a model from scratch: add pretrained=False")
         try:
             model, prep = registry.build_named(arch)
         except ModelError as exc:
-            raise ModelError(f"{exc}; or train from scratch (--no-pretrained)") from exc
+            raise ModelError(f"{exc}; or train from scratch (pretrained=False)") from exc
         _replace_head(model, num_classes, arch)
     else:
         model = registry.architecture(arch, num_classes, opts)

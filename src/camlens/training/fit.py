@@ -121,9 +121,9 @@ def train(
     dest = Path(out)
     last = state_path(dest)
     if dest.exists() and not (overwrite or resume):
-        raise CamlensError(f"{dest}: exists; pass --overwrite to replace it")
+        raise CamlensError(f"{dest}: exists; pass overwrite=True to replace it")
     if last.exists() and not (overwrite or resume):
-        raise CamlensError(f"{last}: holds an unfinished run; pass --resume to continue it or --overwrite to start over")
+        raise CamlensError(f"{last}: holds an unfinished run; pass resume=True to continue it or overwrite=True to start over")
     if resume:
         if not last.is_file():
             raise CamlensError(f"{last}: no training state to resume from")

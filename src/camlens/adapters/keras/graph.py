@@ -140,7 +140,7 @@ def auto_layer(model: Any, backbone: bool = False, head: LayerPath | None = None
     if not backbone:
         chosen = _last_attention_input(model, layers, chosen) or chosen
     if chosen is None:
-        raise LayerError("found no layer with a spatial (N, H, W, C) output; give --layer explicitly")
+        raise LayerError("found no layer with a spatial (N, H, W, C) output; give layer= explicitly")
     return chosen
 
 

@@ -156,7 +156,7 @@ def auto_layer(model: nn.Module, layers: Sequence[LayerInfo], backbone: bool = F
     candidates = [i for i, info in enumerate(order) if info.name.startswith(prefix) and info.spatial
                   and not isinstance(modules[info.name], _NOT_TARGETS)]
     if not candidates:
-        raise LayerError("found no layer with a spatial feature-map output; give --layer explicitly")
+        raise LayerError("found no layer with a spatial feature-map output; give layer= explicitly")
     last = order[candidates[-1]]
     if last.layout is not None and last.layout.kind == TOKENS and last.layout.prefix > 0:
         attention = [i for i, info in enumerate(order) if _ATTENTION_NAME.search(info.kind)]
