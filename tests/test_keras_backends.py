@@ -1,5 +1,5 @@
-"""Run the Keras tests (tests/keras_cases) under each Keras backend, each in a fresh process:
-a backend is fixed when Keras is imported."""
+"""Run the Keras tests (tests/keras_cases) and the README's Keras examples under each Keras
+backend, each in a fresh process: a backend is fixed when Keras is imported."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_keras_cases_on_backend(backend: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-o", "addopts=-ra", "-p", "no:cacheprovider",
-         "-W", "ignore::DeprecationWarning", "tests/keras_cases"],
-        cwd=ROOT, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True, timeout=1200,
+         "-W", "ignore::DeprecationWarning", "--markdown-docs", "tests/keras_cases", "README.md"],
+        cwd=ROOT, env={**os.environ, "KERAS_BACKEND": backend, "CAMLENS_KERAS_DOCS": "1"}, capture_output=True, text=True,
+        timeout=1200,
     )
     tail = (result.stdout + result.stderr)[-4000:]
     assert result.returncode == 0, tail

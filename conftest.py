@@ -1,0 +1,41 @@
+"""Markdown examples (README.md, docs/*.md) run by pytest-markdown-docs: each fence runs as it
+is written, in a fresh temporary folder, so files it writes never land in the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _examples_run_in_a_temporary_folder(request: pytest.FixtureRequest, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("markdown-docs"):
+        monkeypatch.chdir(tmp_path)
+
+
+KERAS_DOCS = "CAMLENS_KERAS_DOCS"
+"""Set by tests/test_keras_backends.py: run the Markdown examples that use Keras (once per
+backend, each in its own process), and only those; elsewhere they are skipped."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import os
+
+    keras_only = os.environ.get(KERAS_DOCS) == "1"
+    kept, dropped = [], []
+    for item in items:
+        if not item.get_closest_marker("markdown-docs"):
+            kept.append(item)
+            continue
+        uses_keras = "import keras" in getattr(item, "code", "")
+        if keras_only and not uses_keras:
+            dropped.append(item)
+            continue
+        if uses_keras and not keras_only:
+            item.add_marker(pytest.mark.skip(reason="a Keras example: tests/test_keras_backends.py runs it per backend"))
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
