@@ -209,6 +209,17 @@ def test_smoothing_tta_and_max_batch_from_the_cli(small_model: Path, tmp_path: P
         assert not (tmp_path / "o2").exists()
 
 
+def test_library_parameters_become_flags_only_as_words_of_their_own() -> None:
+    from camlens.cli.common import for_cli
+
+    assert for_cli("/data/model=v2/a.pt: exists; pass overwrite=True to replace it") == \
+        "/data/model=v2/a.pt: exists; pass --overwrite to replace it"
+    assert for_cli("give layer= explicitly") == "give --layer explicitly"
+    assert for_cli("e.g. layout='tokens:1'") == "e.g. --layout 'tokens:1'"
+    assert for_cli("pass weights=FILE, or images/mask=1.png") == "pass --weights FILE, or images/mask=1.png"
+    assert for_cli("choose one with output=") == "choose one with --output"
+
+
 def test_cli_errors_name_flags_where_the_library_names_parameters(small_model: Path, tmp_path: Path) -> None:
     Image.new("RGB", (50, 40), (30, 160, 90)).save(tmp_path / "a.png")
     offline = camlens("explain", tmp_path / "a.png", "--model", "resnet50", "--out", tmp_path / "o")

@@ -182,6 +182,9 @@ def test_method_settings_by_name() -> None:
         with pytest.raises(CamlensError, match=needle) as info:
             get_method(bad)
         assert bad in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CamlensError, match="rise is asked for twice with different settings"):
+        methods_from("rise:masks=10,rise:masks=20")
+    assert len(methods_from("rise:masks=10,RISE:masks=10")) == 1
 
 
 class NoAutograd(nn.Module):

@@ -59,6 +59,8 @@ class ImageReport:
     explanations: list[dict[str, object]] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     error: str | None = None
+    existed: bool = False
+    """Skipped because its outputs are already there (no ``overwrite``)."""
 
 
 @dataclass
@@ -152,8 +154,8 @@ def run(
     layer, class) raise at once. Each image gets all of its files or none (see
     :func:`camlens.imageio.write_group`); what a killed earlier run left in ``out`` is finished
     or removed first. When ``stop`` is set (see :func:`stop_on_signals`) the run ends after the
-    current batch: the summary says so and lists the inputs not tried. A run that wrote nothing
-    (every output already there, every input unreadable) writes no summary either. ``progress`` is told
+    current batch: the summary says so and lists the inputs not tried. A rerun that changes
+    nothing (every output already there) writes no summary either. ``progress`` is told
     how many inputs each batch finished; ``steps`` how far the methods that run the model
     again are within a batch, and ``max_batch`` bounds their inputs per forward; ``augment``
     averages every map over copies of each image (see :meth:`Lens.explain`).
@@ -203,8 +205,8 @@ def run(
         progress(len(chunk))
     done, pending = reports[:tried], [r.source for r in reports[tried:]]
     interrupted = stop.signal if stop is not None and pending else None
-    wrote = any(r.outputs for r in done)
-    summary = _write_summary(lens, out, methods, done, options, pending, interrupted, augment) if wrote or interrupted else None
+    news = any(r.outputs or (r.error and not r.existed) for r in done) or interrupted  # not a rerun that changed nothing
+    summary = _write_summary(lens, out, methods, done, options, pending, interrupted, augment) if news else None
     return RunReport(done, summary, pending, interrupted)
 
 
@@ -257,6 +259,7 @@ def _write_all_or_none(report: ImageReport, jobs: Sequence[tuple[Path, Writer]],
     existing = [path for path, _ in jobs if path.exists()]
     if existing and not overwrite:
         report.error = f"{report.source}: output {existing[0]} exists; pass overwrite=True to replace it"
+        report.existed = True
         return False
     try:
         report.outputs = write_group(jobs, overwrite)

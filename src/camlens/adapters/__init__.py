@@ -50,7 +50,7 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
         from camlens.adapters.pytorch import TorchExplainer
 
         impl = TorchExplainer(model, method, layer, fuse, output=output, layout=layout, max_batch=max_batch)
-    return impl if augment is None else Augmented(impl, augment)
+    return impl if augment is None else Augmented(impl, augment, "NHWC" if is_keras_model(model) else "NCHW")
 
 
 class Augmented:
@@ -58,8 +58,8 @@ class Augmented:
     :class:`~camlens.core.augment.Augment` (see :func:`camlens.core.augment.smoothed`): the
     batch is explained once as it is, for its targets, then every copy for the same columns."""
 
-    def __init__(self, impl: Any, augment: Augment) -> None:
-        self._impl, self.augment = impl, augment
+    def __init__(self, impl: Any, augment: Augment, layout: str) -> None:
+        self._impl, self.augment, self._layout = impl, augment, layout
 
     @property
     def methods(self) -> list[Method]:
@@ -68,15 +68,15 @@ class Augmented:
     def __call__(self, batch: Any, targets: Targets = None, *, top: int | None = None,
                  progress: Progress | None = None) -> CamResult:
         first: CamResult = self._impl(batch, targets, top=top, progress=progress)
-        torch_batch = hasattr(batch, "detach")  # a torch tensor, channels first; else a Keras batch, channels last
-        x = batch.detach().float().cpu().numpy() if torch_batch else np.asarray(batch, dtype=np.float32)
+        tensor = hasattr(batch, "detach")  # a torch tensor (for PyTorch, or Keras on its torch backend)
+        x = batch.detach().float().cpu().numpy() if tensor else np.asarray(batch, dtype=np.float32)
 
         def explain(copy: np.ndarray) -> CamResult:
-            result: CamResult = self._impl(_tensor_like(copy, batch) if torch_batch else copy, list(first.columns),
+            result: CamResult = self._impl(_tensor_like(copy, batch) if tensor else copy, list(first.columns),
                                            progress=progress)
             return result
 
-        return smoothed(first, explain, x, "NCHW" if torch_batch else "NHWC", self.augment)
+        return smoothed(first, explain, x, self._layout, self.augment)
 
     def close(self) -> None:
         self._impl.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import unicodedata
 from collections.abc import Callable
@@ -78,10 +79,14 @@ _CLI_FLAGS = {
 
 
 def for_cli(message: str) -> str:
-    """A library error message in the CLI's words: Python parameters become their flags."""
+    """A library error message in the CLI's words: Python parameters become their flags. A
+    parameter counts only as a word of its own (after a space, a parenthesis or the start), so
+    paths and names that merely contain one (``/data/model=v2/``) are left as they are."""
     for param, flag in _CLI_FLAGS.items():
-        message = message.replace(param, flag)
-    return message
+        keyword = param.endswith("=")  # "weights=FILE", "layer= explicitly": the flag, then one space
+        pattern = r"(?<![\w/.=-])" + re.escape(param) + (" ?" if keyword else "")
+        message = re.sub(pattern, flag.strip() + (" " if keyword else ""), message)
+    return message.rstrip()
 
 ModelOpt = Annotated[
     str,

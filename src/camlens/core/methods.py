@@ -224,7 +224,8 @@ def methods_from(spec: str | Method | Sequence[str | Method]) -> list[Method]:
     a method named twice is kept once.
 
     Raises:
-        MethodError: an unknown name, or nothing given.
+        MethodError: an unknown name, nothing given, or one method with two different settings
+            (results are keyed by the method's name).
     """
     if not isinstance(spec, (str, Method, type, list, tuple)):
         raise MethodError(f"method must be a method name, a camlens Method or a list of them, not {type(spec).__name__}")
@@ -234,17 +235,23 @@ def methods_from(spec: str | Method | Sequence[str | Method]) -> list[Method]:
         if isinstance(item, type) and issubclass(item, Method) and not getattr(item, "__abstractmethods__", None):
             item = item()
         if isinstance(item, Method):
-            out.setdefault(item.name, item)
+            _add(out, item)
             continue
         if not isinstance(item, str):
             raise MethodError(f"a method is a name or a camlens Method, not {type(item).__name__}")
         for part in item.split(","):
             if part.strip():
-                method = get_method(part)
-                out.setdefault(method.name, method)
+                _add(out, get_method(part))
     if not out:
         raise MethodError("no method given")
     return list(out.values())
+
+
+def _add(chosen: dict[str, Method], method: Method) -> None:
+    earlier = chosen.setdefault(method.name, method)
+    if earlier is not method and repr(earlier) != repr(method):
+        raise MethodError(f"{method.name} is asked for twice with different settings ({earlier!r}, {method!r}); "
+                          "results are keyed by the method's name: run them separately")
 
 
 def _require(array: np.ndarray | None, what: str, method: str) -> np.ndarray:

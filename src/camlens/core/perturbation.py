@@ -298,8 +298,10 @@ class RISE(Method):
         total = np.zeros((n, k, size[0] * size[1]), np.float64)
         for start in range(0, self.masks, MASKS_PER_CALL):
             masks = self.random_masks(rng, min(MASKS_PER_CALL, self.masks - start), size)
-            scores = probe.score_masked(masks, 0.0, record.columns, probability=True)  # (N, m, K)
-            total += np.matmul(scores.transpose(0, 2, 1), masks.reshape(len(masks), -1))
+            flat = masks.reshape(len(masks), -1)
+            for i in range(n):  # one sample at a time: the probe holds one copy of the masks, not N
+                scores = probe.score_masked(masks, 0.0, record.columns, samples=np.array([i]), probability=True)
+                total[i] += scores[0].T @ flat
             record.report(self.title, start + len(masks), self.masks)
         return (total / (self.masks * self.keep)).astype(np.float32).reshape(n, k, *size)
 
@@ -410,9 +412,12 @@ class ReciproCAM(Method):
         self.gaussian = gaussian
         super().__init__(model, layer, **kwargs)
 
-    def position_masks(self, h: int, w: int) -> np.ndarray:
-        """``(h * w, h, w)``: for each position, the weight it keeps at every position."""
-        masks = np.eye(h * w, dtype=np.float32).reshape(h * w, h, w)
+    def position_masks(self, h: int, w: int, positions: np.ndarray) -> np.ndarray:
+        """``(len(positions), h, w)``: for each position (flat index), the weight it keeps at
+        every position of the map."""
+        flat = np.zeros((len(positions), h * w), np.float32)
+        flat[np.arange(len(positions)), positions] = 1.0
+        masks = flat.reshape(-1, h, w)
         if self.gaussian:
             from scipy import ndimage
 
@@ -425,15 +430,13 @@ class ReciproCAM(Method):
         a = record.activations.astype(np.float32)
         n, c, h, w = a.shape
         k = len(record.columns)  # type: ignore[arg-type]
-        masks = self.position_masks(h, w)
-        centre = masks.reshape(h * w, -1).argmax(axis=1)  # the position each mask is about
         out = np.zeros((n, k, h * w), np.float32)
         for i in range(n):
             vectors = a[i].reshape(c, h * w)
             step = _per_call(probe, a[i].nbytes)
             for start in range(0, h * w, step):
                 part = np.arange(start, min(start + step, h * w))
-                kept = vectors[:, centre[part]].T[:, :, None, None] * masks[part][:, None]  # (m, C, h, w)
+                kept = vectors[:, part].T[:, :, None, None] * self.position_masks(h, w, part)[:, None]  # (m, C, h, w)
                 got = probe.score_replaced(record.layer, kept[None], record.columns, samples=np.array([i]), probability=True)
                 out[i][:, part] = got[0].T
                 record.report(self.title, i * h * w + int(part[-1]) + 1, n * h * w)

@@ -392,7 +392,7 @@ class Finer(Target):
     Finer Details for Visual Explanation", arXiv:2501.11309), as the authors' code defines it:
     class ``index``'s logit against the ``references`` classes whose logits are nearest to it,
 
-    .. math:: J = rac{\sum_r p_r (z_c - lpha z_r)}{\sum_r p_r + 10^{-9}}, \qquad p = \mathrm{softmax}(z)
+    .. math:: J = \frac{\sum_r p_r (z_c - \alpha z_r)}{\sum_r p_r + 10^{-9}}, \qquad p = \mathrm{softmax}(z)
 
     (:math:`p` is differentiated through, as in their code). Any method explains it; with
     Grad-CAM it is the paper's Finer-CAM. ``alpha=0`` is the plain logit's explanation.
