@@ -38,7 +38,8 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
         raise CamlensError(f"augment must be a camlens Augment (Augment.smoothgrad(), Augment.tta()...), not "
                            f"{type(augment).__name__}")
     impl: Any
-    if is_keras_model(model):
+    keras_model = is_keras_model(model)
+    if keras_model:
         from camlens.adapters.keras import KerasExplainer
 
         impl = KerasExplainer(model, method, layer, output=output, fuse=fuse, layout=layout, max_batch=max_batch)
@@ -50,7 +51,7 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
         from camlens.adapters.pytorch import TorchExplainer
 
         impl = TorchExplainer(model, method, layer, fuse, output=output, layout=layout, max_batch=max_batch)
-    return impl if augment is None else Augmented(impl, augment, "NHWC" if is_keras_model(model) else "NCHW")
+    return impl if augment is None else Augmented(impl, augment, "NHWC" if keras_model else "NCHW")
 
 
 class Augmented:

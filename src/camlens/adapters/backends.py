@@ -45,7 +45,18 @@ class Backend(Protocol):
         """``(name, type, output shape, layout)`` rows, and the layer chosen automatically."""
 
 
-class TorchBackend:
+class _Explains:
+    """The explainer of either framework: :func:`camlens.adapters.explainer_for` picks it."""
+
+    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
+                  layout: Any = None, max_batch: int = MAX_BATCH, augment: Augment | None = None) -> ExplainerFn:
+        from camlens.adapters import explainer_for
+
+        return explainer_for(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout,  # type: ignore[no-any-return]
+                             max_batch=max_batch, augment=augment)
+
+
+class TorchBackend(_Explains):
     """PyTorch models (``nn.Module``)."""
 
     def to_input(self, loaded: LoadedModel, batch: np.ndarray) -> Any:
@@ -61,13 +72,6 @@ class TorchBackend:
         with torch.no_grad():
             raw = loaded.model(batch)
         return canonical(raw, loaded.output, (int(batch.shape[-2]), int(batch.shape[-1])), batch.device)
-
-    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
-                  layout: Any = None, max_batch: int = MAX_BATCH, augment: Augment | None = None) -> ExplainerFn:
-        from camlens.adapters import explainer_for
-
-        return explainer_for(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout,  # type: ignore[no-any-return]
-                             max_batch=max_batch, augment=augment)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.pytorch.extractor import feature_maps
@@ -86,7 +90,7 @@ class TorchBackend:
             return rows, ex.layers(example)[0]
 
 
-class KerasBackend:
+class KerasBackend(_Explains):
     """Keras 3 models, on whichever backend ``KERAS_BACKEND`` selects."""
 
     def to_input(self, loaded: LoadedModel, batch: np.ndarray) -> Any:
@@ -98,13 +102,6 @@ class KerasBackend:
 
         head = find_head(loaded.model, loaded.output)
         return routes.forward_pass(loaded.model, batch, [], head, with_gradients=False).output
-
-    def explainer(self, loaded: LoadedModel, method: Any, layer: Any, fuse: str | None = None,
-                  layout: Any = None, max_batch: int = MAX_BATCH, augment: Augment | None = None) -> ExplainerFn:
-        from camlens.adapters import explainer_for
-
-        return explainer_for(loaded.model, method, layer, output=loaded.output, fuse=fuse, layout=layout,  # type: ignore[no-any-return]
-                             max_batch=max_batch, augment=augment)
 
     def feature_maps(self, loaded: LoadedModel, batch: Any, layer: Any) -> tuple[str, np.ndarray]:
         from camlens.adapters.keras.extractor import feature_maps

@@ -133,9 +133,9 @@ def smoothed(first: CamResult, explain: Callable[[np.ndarray], CamResult], x: np
                           "use noise (samples=) alone")
     total = {m: {layer: np.zeros_like(a, dtype=np.float64) for layer, a in by.items()} for m, by in first.maps.items()}
     count = 0
+    reuse = not augment.samples and augment.transforms()[0] == (False, 1.0)  # the first copy is the batch as it is
     for index, (copy, back) in enumerate(augment.copies(x, layout)):
-        identity = index == 0 and not augment.samples and augment.transforms()[0] == (False, 1.0)
-        result = first if identity else explain(copy)  # the batch as it is was explained already
+        result = first if reuse and index == 0 else explain(copy)
         for m, by_layer in result.maps.items():
             for layer, maps in by_layer.items():
                 grid = first.maps[m][layer].shape[-2:]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from camlens.core.maps import normalize, upsample
-from camlens.core.methods import ChannelWeighted, Method, register
+from camlens.core.methods import ChannelWeighted, Method, _require, register
 from camlens.core.record import LayerRecord, Need, Probe
 from camlens.errors import MethodError
 
@@ -358,10 +358,8 @@ class GroupCAM(Method):
 
     def maps(self, record: LayerRecord) -> np.ndarray:
         probe = _probe(record, self.title)
-        if record.gradients is None:
-            raise MethodError(f"{self.title} needs gradients, which the adapter did not capture")
         a = record.activations.astype(np.float32)
-        alpha = record.gradients.astype(np.float32).mean(axis=(3, 4))  # (N, K, C)
+        alpha = _require(record.gradients, "gradients", self.title).astype(np.float32).mean(axis=(3, 4))  # (N, K, C)
         n, k, c = alpha.shape
         size = -(-c // self.groups)  # torch.chunk: blocks of ceil(C / G) channels
         blurred = self.blurred(probe)

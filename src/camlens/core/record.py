@@ -166,8 +166,9 @@ def probe_samples(n: int, samples: np.ndarray | None) -> np.ndarray:
 
 
 def per_sample_baseline(baseline: float | np.ndarray, n: int, input_shape: tuple[int, ...]) -> np.ndarray:
-    """A :meth:`Probe.score_masked` baseline as float32 broadcastable to ``(n, *input_shape)``
-    (one input's shape in the probe's layout): a leading sample axis is added when missing.
+    """A :meth:`Probe.score_masked` baseline as float32 with one row per sample scored (``n``),
+    each broadcastable to one input of ``input_shape`` (in the probe's layout): a shared
+    baseline is repeated along a new leading axis, so that ``base[rows]`` picks the rows'.
 
     Raises:
         MethodError: not broadcastable to one input, nor one per sample.
@@ -180,7 +181,9 @@ def per_sample_baseline(baseline: float | np.ndarray, n: int, input_shape: tuple
     except ValueError:
         raise MethodError(f"a baseline of shape {np.shape(baseline)} is neither broadcastable to one input "
                           f"{tuple(input_shape)} nor one per sample ({n}, ...)") from None
-    return base
+    rest = base.shape[1:]  # right-aligned to one input: singleton axes fill the gap to its rank
+    base = base.reshape(base.shape[0], *([1] * (len(input_shape) - len(rest))), *rest)
+    return np.ascontiguousarray(np.broadcast_to(base, (n, *base.shape[1:])))
 
 
 def replacement_rows(max_batch: int, input_bytes: int, row_bytes: int) -> int:

@@ -153,7 +153,7 @@ class KerasProbe:
         def inputs(rows: slice) -> np.ndarray:
             position = np.arange(rows.start, rows.stop) // count
             x = self._batch[which[position]]
-            return x * flat[rows] + (base[position] if len(base) > 1 else base) * (1.0 - flat[rows])
+            return x * flat[rows] + base[position] * (1.0 - flat[rows])
 
         return self._scores(count, inputs, None, columns, which, samples is not None, probability)
 

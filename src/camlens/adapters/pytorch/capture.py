@@ -360,7 +360,7 @@ class TorchProbe:
             mask = flat[rows].to(self._batch.device, self._batch.dtype)[:, None]
             position = torch.as_tensor(np.arange(rows.start, rows.stop) // count)
             x = self._batch[torch.as_tensor(which)[position]]
-            return x * mask + (base[position] if len(base) > 1 else base) * (1 - mask)
+            return x * mask + base[position] * (1 - mask)
 
         return self._scores(count, inputs, columns, which, samples is not None, probability)
 
