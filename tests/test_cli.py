@@ -273,3 +273,23 @@ def test_a_huge_image_is_read_within_the_pixel_budget(tmp_path: Path) -> None:
     assert Image.open(overlay).size == (1154, 865)
     bad = camlens("--max-pixels", "10", "explain", tmp_path / "big.png", "--out", tmp_path / "o2")
     assert bad.returncode == 2 and "--max-pixels must be at least 4096" in bad.stderr
+
+
+def test_tables_of_names_are_never_cut_to_the_terminal(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nested Keras layer's name longer than an 80-column terminal is printed whole (the issue:
+    it was cut with an ellipsis, so it could not be copied into --layer)."""
+    from rich.table import Table
+
+    from camlens.cli.common import out_console, print_whole
+
+    name = "functional_outer_backbone_model/" + "a_really_long_convolution_layer_name" * 2
+    table = Table()
+    for header in ("layer", "type", "output shape"):
+        table.add_column(header)
+    table.add_row(name, "Conv2D", "(None, 30, 30, 4)")
+    table.add_row("conv1", "Conv2D", "(None, 30, 30, 4)")
+    monkeypatch.setattr(out_console, "width", 80)
+    print_whole(table)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(name in line and "(None, 30, 30, 4)" in line for line in lines)

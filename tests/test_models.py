@@ -13,6 +13,7 @@ import torchvision
 from camlens.errors import ModelError, TargetError
 from camlens.models import Labels, Preprocessing, load_model, save_checkpoint
 from camlens.models.labels import imagenet
+from camlens.models.registry import _num_classes
 from camlens.samples import sample_image
 
 
@@ -46,6 +47,29 @@ def test_torchvision_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(ModelError, match=r"cannot get pretrained weights for 'resnet50'.*pass weights=FILE"):
         load_model("resnet50", device="cpu")
+
+
+@pytest.mark.parametrize(("name", "options", "classes"), [
+    ("fcn_resnet50", {"aux_loss": True}, 21),              # with the aux head pretrained files carry
+    ("lraspp_mobilenet_v3_large", {"num_classes": 3}, 3),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", {"num_classes": 5}, 5),
+])
+def test_dense_model_weights_from_a_file_need_no_download(name: str, options: dict[str, object], classes: int,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """weights=FILE for a segmentation model or a detector: built without its ImageNet backbone
+    download (every weight is in the file), with the file's class count."""
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    built = torchvision.models.get_model(name, weights=None, weights_backbone=None, **options)
+    torch.save(built.state_dict(), tmp_path / "w.pth")
+    loaded = load_model(name, weights=tmp_path / "w.pth", device="cpu")
+    assert _num_classes(loaded.model) == classes
+    if name == "fcn_resnet50":  # as many classes as the architecture's weights: their names
+        assert loaded.labels.names[15] == "person"
+    for key, value in built.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
 
 
 def test_unknown_model_names_suggest_close_ones() -> None:

@@ -256,6 +256,7 @@ def test_detection_golden_iou_plus_score() -> None:
     assert out.targets[:, 0].tolist() == [2, 2]
     none = _run(model, Detection([[50.0, 50.0, 60.0, 60.0]]))  # nothing overlaps: zero maps, no error
     assert not none.map().any() and none.targets[:, 0].tolist() == [-1, -1]
+    assert none.scores.shape == (2, 1) and not none.scores.any()  # a 0-d zero per sample, not (1,)
     top = _run(model, None, method="eigencam")  # gradient-free methods on a detector too
     assert top.map().shape == (2, 1, 6, 6) and top.columns[0].kind == "detection"
 

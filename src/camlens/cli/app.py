@@ -35,6 +35,7 @@ from camlens.cli.common import (
     out_console,
     parse_methods,
     plural,
+    print_whole,
     progress_bar,
     split,
     step_reporter,
@@ -203,7 +204,7 @@ def layers(
     for name, kind, shape, layout in rows:
         if show_all or layout:
             table.add_row(name, kind, str(shape), layout, "<- default" if name == chosen else "")
-    out_console.print(table)
+    print_whole(table)
 
 
 @app.command()

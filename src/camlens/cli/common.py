@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import unicodedata
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.status import Status
+from rich.table import Table
 from rich.text import Text
 
 from camlens.core.methods import canonical_spec, method_names
@@ -34,8 +36,12 @@ def _settings(
     max_pixels: Annotated[int | None, typer.Option(
         "--max-pixels", help="Read larger images downscaled to this many pixels (default 25000000; also "
                              "CAMLENS_MAX_PIXELS), so that maps and overlays stay bounded in memory.")] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Show the frameworks' own log lines (TensorFlow's start-up messages).")] = False,
 ) -> None:
     """Options for every command (before the command's name)."""
+    if not verbose:  # before TensorFlow is imported; a value the user set is kept
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if max_pixels is not None:
         from camlens.imageio import set_max_pixels
 
@@ -68,6 +74,15 @@ class SafeConsole(Console):
 
 out_console = SafeConsole()
 err_console = SafeConsole(stderr=True)
+
+
+def print_whole(table: Table) -> None:
+    """``table`` on stdout with no cell cut short: wider than the terminal when a name needs it
+    (layer names must stay whole to be copied into ``--layer``)."""
+    widths = [max(Text(str(cell)).cell_len for cell in [column.header, *column.cells]) for column in table.columns]
+    needed = sum(widths) + 3 * len(widths) + 1  # one space each side and a border per column
+    console = out_console if needed <= out_console.width else SafeConsole(width=needed)
+    console.print(table)
 
 _CLI_FLAGS = {
     "trust_pickle=True": "--trust-pickle", "output=": "--output ", "layout=": "--layout ", "overwrite=True": "--overwrite",

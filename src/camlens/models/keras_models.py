@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from camlens.errors import ModelError
+from camlens.models.network import reachable
 from camlens.models.preprocess import KNOWN_FUNCTIONS, Preprocessing
+
+
+@contextlib.contextmanager
+def _quiet(keras: Any) -> Iterator[None]:
+    """Keras' interactive messages ("Downloading data from ...") off, then as they were."""
+    was = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was:
+            keras.config.enable_interactive_logging()
 
 
 def load_keras(name: str, weights: Path | None = None) -> tuple[Any, Preprocessing | None]:
@@ -27,7 +42,11 @@ def load_keras(name: str, weights: Path | None = None) -> tuple[Any, Preprocessi
             hint = f"; did you mean {', '.join('keras:' + c for c in close)}?" if close else ""
             raise ModelError(f"unknown keras.applications model {arch!r}{hint}")
         try:
-            model = apps[arch](weights=str(weights) if weights is not None else "imagenet")
+            if weights is None and not reachable("storage.googleapis.com"):
+                with _quiet(keras):  # cached weights load; missing ones fail below without a download line
+                    model = apps[arch](weights="imagenet")
+            else:
+                model = apps[arch](weights=str(weights) if weights is not None else "imagenet")
         except ValueError as exc:
             raise ModelError(f"{weights}: weights do not fit keras:{arch} ({str(exc).splitlines()[0][:200]})") from exc
         except Exception as exc:

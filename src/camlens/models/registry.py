@@ -16,6 +16,7 @@ from camlens.errors import CamlensError, ModelError
 from camlens.models import checkpoint
 from camlens.models import labels as labels_mod
 from camlens.models.labels import Labels
+from camlens.models.network import reachable
 from camlens.models.preprocess import Preprocessing
 from camlens.models.small_cnn import SMALL_CNN, SmallCNN
 
@@ -107,7 +108,9 @@ def load_model(
         built, prep, names = _from_file(Path(name), trust_pickle)
     else:
         built, prep = _builder(name, pretrained)(weights_path)
-        names = _categories(name, built) if weights_path is None else None
+        names = _categories(name, built)
+        if weights_path is not None and names is not None and len(names) != _num_classes(built):
+            names = None  # weights for other classes: pass labels=
     if headless:
         built, names = _headless(built, name), None
     model = built.eval().to(dev)
@@ -318,20 +321,12 @@ def _timm_weights_cached(arch: str) -> bool:
     return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
 
 
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    """A TCP connection to ``host:443`` opens within ``timeout`` seconds (offline: fails at once).
-    Behind a proxy or a Hub mirror (``HTTPS_PROXY``, ``HF_ENDPOINT``) nothing is probed: the
-    download's own error tells."""
+def _reachable(host: str) -> bool:
+    """The Hugging Face Hub (or its ``HF_ENDPOINT`` mirror) can be reached; ``HF_HUB_OFFLINE=1`` means no."""
     import os
-    import socket
 
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT")):
-        return True
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return not offline and reachable(host, mirror="HF_ENDPOINT")
 
 
 def _timm_preprocessing(model: nn.Module) -> Preprocessing:
@@ -357,7 +352,8 @@ def _dense_names() -> list[str]:
 
 def _categories(name: str, model: nn.Module) -> list[str] | None:
     """Class names a named model carries: a HuggingFace config's ``id2label``, a torchvision
-    segmentation or detection model's weights' categories (classifiers: ImageNet-1k, the default)."""
+    segmentation or detection model's weights' categories (classifiers: ImageNet-1k, the default;
+    a weights file with as many classes keeps them)."""
     if name.startswith("hf:"):
         id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
         return [str(id2label[i]) for i in range(len(id2label))] if all(i in id2label for i in range(len(id2label))) else None
@@ -373,12 +369,18 @@ def _torchvision(name: str, weights: Path | None, pretrained: bool = True) -> tu
 
     default = tvm.get_model_weights(name).DEFAULT
     prep = _torchvision_preprocessing(name)
+    extra: dict[str, Any] = {"weights_backbone": None} if name in _dense_names() else {}
     if not pretrained and weights is None:
-        extra = {"weights_backbone": None} if name in _dense_names() else {}
         return tvm.get_model(name, weights=None, **extra), prep
     if weights is not None:
         state = checkpoint.state_dict_of(checkpoint.read(weights), weights)
-        model = tvm.get_model(name, weights=None, num_classes=_classes_in(state))
+        if extra:  # a dense model: no ImageNet backbone download, the file holds every weight
+            extra["num_classes"] = _dense_classes(state, len(default.meta["categories"]))
+            if any(key.startswith("aux_classifier.") for key in state):
+                extra["aux_loss"] = True
+        else:
+            extra["num_classes"] = _classes_in(state)
+        model = tvm.get_model(name, weights=None, **extra)
         _load_into(model, state, weights)
         return model, prep
     try:
@@ -523,6 +525,16 @@ def _classes_in(state: dict[str, torch.Tensor]) -> int:
         if key.endswith("weight") and state[key].ndim == 2:
             return int(state[key].shape[0])
     return 1000
+
+
+def _dense_classes(state: dict[str, torch.Tensor], default: int) -> int:
+    """Number of classes of a torchvision segmentation or detection state dict: the rows of
+    an R-CNN's class scores or of a segmentation head's last convolution, else ``default`` (the
+    architecture's own count; a file that differs then fails with the mismatching layer)."""
+    if "roi_heads.box_predictor.cls_score.weight" in state:
+        return int(state["roi_heads.box_predictor.cls_score.weight"].shape[0])
+    head = [key for key in state if key.startswith("classifier.") and key.endswith("weight") and state[key].ndim == 4]
+    return int(state[head[-1]].shape[0]) if head else default
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

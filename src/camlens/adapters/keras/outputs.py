@@ -20,7 +20,7 @@ class KerasOps:
         return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
 
     def constant(self, a: np.ndarray) -> Any:
-        return keras.ops.convert_to_tensor(np.ascontiguousarray(a, dtype=np.float32))
+        return keras.ops.convert_to_tensor(np.array(a, dtype=np.float32, order="C"))  # 0-d stays 0-d
 
     def take(self, x: Any, index: np.ndarray) -> Any:
         shape = tuple(int(d) for d in x.shape)

@@ -351,8 +351,8 @@ class TorchProbe:
                      samples: np.ndarray | None = None, probability: bool = False) -> np.ndarray:
         which = probe_samples(int(self._batch.shape[0]), samples)
         m = per_sample_masks(masks, len(which), self.input_size)
-        base = torch.as_tensor(per_sample_baseline(baseline, len(which), tuple(self._batch.shape[1:])),
-                               device=self._batch.device, dtype=self._batch.dtype)
+        baselines = per_sample_baseline(baseline, len(which), tuple(self._batch.shape[1:]))
+        base = torch.as_tensor(np.require(baselines, requirements=["C", "W"]), device=self._batch.device, dtype=self._batch.dtype)
         flat = torch.from_numpy(np.require(m.reshape(-1, *m.shape[2:]), requirements=["C", "W"]))
         count = m.shape[1]
 

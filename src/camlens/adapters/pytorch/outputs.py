@@ -31,7 +31,7 @@ class TorchOps:
         return np.asarray(x.detach().float().cpu().numpy(), dtype=np.float32)
 
     def constant(self, a: np.ndarray) -> Any:
-        return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32), device=self.device)
+        return torch.as_tensor(np.array(a, dtype=np.float32, order="C"), device=self.device)  # 0-d stays 0-d
 
     def take(self, x: Any, index: np.ndarray) -> Any:
         i = torch.as_tensor(np.ascontiguousarray(index), dtype=torch.int64, device=x.device)
