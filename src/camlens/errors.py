@@ -14,6 +14,10 @@ class ImageError(CamlensError):
     """An image file could not be read: missing, not an image, truncated or unsupported."""
 
 
+class ImageTooLarge(ImageError):
+    """An image has more pixels than the reader accepts (refused from its header, undecoded)."""
+
+
 class ModelError(CamlensError):
     """A model could not be built or its weights could not be loaded."""
 

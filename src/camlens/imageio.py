@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from camlens.errors import CamlensError, ImageError
+from camlens.errors import CamlensError, ImageError, ImageTooLarge
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 MAX_NAME_BYTES = 200
@@ -77,29 +78,49 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     if not p.is_file():  # a FIFO, socket or device would block or stream forever
         raise ImageError(f"{p}: not a regular file")
     budget = _max_pixels if max_pixels is None else int(max_pixels)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget bounds the memory
-            with Image.open(p) as img:
-                img.seek(0)
-                width, height = img.size
-                if width * height > budget and img.format == "JPEG":
-                    scale = math.sqrt(budget / (width * height))
-                    img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
-                img.load()
-                rgb = to_rgb(ImageOps.exif_transpose(_within(img, budget)))
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{p}: not an image, or a format camlens cannot read") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{p}: image too large to decode safely ({exc})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{p}: truncated or corrupt image ({exc})") from exc
+    rgb, (width, height) = _decode(p, str(p), budget, refuse=False)
     if rgb.width * rgb.height < width * height:
         rgb.info[ORIGINAL_SIZE] = (width, height)
         warnings.warn(f"{p}: {width}x{height} ({width * height / 1e6:.1f} MP) is over the {budget / 1e6:.1f} MP "
                       f"budget; read at {rgb.width}x{rgb.height} (max_pixels= to change it)",
                       ImageReducedWarning, stacklevel=2)
     return rgb
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Bytes received (an upload) as 8-bit RGB, upright, like :func:`read_image`; an image of
+    more than ``max_pixels`` pixels is refused from its header, before any decoding.
+
+    Raises:
+        ImageError: not an image, truncated or corrupt, or too many pixels (naming ``name``).
+    """
+    return _decode(io.BytesIO(data), name, int(max_pixels), refuse=True)[0]
+
+
+def _decode(source: Path | BinaryIO, name: str, budget: int, refuse: bool) -> tuple[Image.Image, tuple[int, int]]:
+    """The first frame of ``source`` as upright RGB within ``budget`` pixels (reduced, or with
+    ``refuse`` an :class:`ImageError`), and its size in the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget bounds the memory
+            with Image.open(source) as img:
+                img.seek(0)
+                width, height = img.size
+                if width * height > budget and refuse:
+                    raise ImageTooLarge(f"{name}: {width}x{height} is {width * height / 1e6:.1f} MP, over the "
+                                     f"{budget / 1e6:.1f} MP this accepts")
+                if width * height > budget and img.format == "JPEG":
+                    scale = math.sqrt(budget / (width * height))
+                    img.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+                img.load()
+                rgb = to_rgb(ImageOps.exif_transpose(_within(img, budget)))
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not an image, or a format camlens cannot read") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{name}: image too large to decode safely ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: truncated or corrupt image ({exc})") from exc
+    return rgb, (width, height)
 
 
 def _within(img: Image.Image, budget: int) -> Image.Image:

@@ -43,7 +43,7 @@ from camlens.cli.common import (
     target_help,
 )
 from camlens.core.augment import Augment
-from camlens.core.methods import get_method
+from camlens.core.methods import get_method, method_table
 from camlens.core.record import MAX_BATCH, Need
 from camlens.errors import CamlensError, ImageError, Interrupted, ModelFailure
 
@@ -212,7 +212,7 @@ def methods(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (the README's table).")] = False,
 ) -> None:
     """List the CAM methods: name (for --method), paper, what each needs, cost per image, map."""
-    rows = method_rows()
+    rows = [tuple(row.values()) for row in method_table()]
     if markdown:
         out_console.print("| name | method | paper | needs | cost per image | map |")
         out_console.print("| --- | --- | --- | --- | --- | --- |")
@@ -231,18 +231,6 @@ def methods(
     out_console.print("One forward pass is shared by every method, layer and target of a run. Settings go after colons: "
                       "--method rise:masks=1000:cells=5.", soft_wrap=True)
 
-
-def method_rows() -> list[tuple[str, tuple[str, ...], list[str], str, str, str, str, str]]:
-    """One row per registered method: name, aliases, settings, title, paper, needs, cost, formula."""
-    from camlens.core.methods import method_classes, parameters
-
-    rows = []
-    for cls in method_classes():
-        needs = ", ".join(sorted(n.value for n in cls.needs)) or "activations"
-        b = cls.backwards
-        cost = cls.cost or "1 forward" + (f" + {b} backward{'s' if b > 1 else ''} per target" if b else "")
-        rows.append((cls.name, cls.aliases, parameters(cls), cls.title, cls.paper, needs, cost, cls.formula))
-    return rows
 
 
 @app.command()
@@ -312,7 +300,7 @@ def demo(
     )
 
 
-from camlens.cli import evaluation, training  # noqa: E402,F401  (register their commands after these)
+from camlens.cli import evaluation, serve, training  # noqa: E402,F401  (register their commands after these)
 
 _DEFAULT_SHOWWARNING = warnings.showwarning
 

@@ -146,6 +146,19 @@ def method_classes() -> list[type[Method]]:
     return list(_REGISTRY.values())
 
 
+def method_table() -> list[dict[str, Any]]:
+    """One row per registered method (what ``camlens methods`` and the web app list): name,
+    aliases, settings, title, paper, needs, cost per image, formula."""
+    rows = []
+    for cls in method_classes():
+        needs = ", ".join(sorted(n.value for n in cls.needs)) or "activations"
+        b = cls.backwards
+        cost = cls.cost or "1 forward" + (f" + {b} backward{'s' if b > 1 else ''} per target" if b else "")
+        rows.append({"name": cls.name, "aliases": list(cls.aliases), "settings": parameters(cls), "title": cls.title,
+                     "paper": cls.paper, "needs": needs, "cost": cost, "formula": cls.formula})
+    return rows
+
+
 def canonical_name(name: str) -> str:
     """The registry name for ``name`` or an alias, any case, ``-``/``_``/spaces ignored
     (``Grad-CAM``, ``GradCAM`` and ``grad_cam`` are ``gradcam``).

@@ -1,0 +1,264 @@
+// camlens web app: one photo, its predictions, and maps coloured in the browser.
+// Each map arrives once as a grayscale PNG (the min-max scaled map at the photo's size);
+// colormap and opacity changes recolour it here, with no request.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { source: null, name: "", picture: null, maps: [], lut: null, target: null, methods: [], layers: [] };
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(url, options) {
+  const response = await fetch(url, options);
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function form(extra) {
+  const data = new FormData();
+  if (state.source instanceof Blob) data.append("image", state.source, state.name);
+  else data.append("path", state.source);
+  for (const [key, value] of Object.entries(extra)) if (value !== null && value !== "") data.append(key, value);
+  return data;
+}
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the browser cannot show this image"));
+    img.src = src;
+  });
+}
+
+async function useSource(source, name) {
+  showError("");
+  state.source = source;
+  state.name = name;
+  try {
+    const predicted = await (await api("/api/predict", { method: "POST", body: form({ top: 5 }) })).json();
+    const url = source instanceof Blob ? URL.createObjectURL(source) : `/api/image?path=${encodeURIComponent(source)}&size=4096`;
+    state.picture = await loadImage(url);
+    $("picture").src = url;
+    $("photo").hidden = false;
+    showPredictions(predicted.predictions);
+    await explain(null);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+function showPredictions(predictions) {
+  const rows = $("predrows");
+  rows.replaceChildren();
+  for (const [i, p] of predictions.entries()) {
+    const tr = document.createElement("tr");
+    tr.className = "pred";
+    tr.dataset.index = p.index;
+    const pct = p.probability === null ? "" : (100 * p.probability).toFixed(2) + "%";
+    tr.innerHTML = `<td>${i + 1}</td><td></td><td><span class="bar"></span>${pct}</td>`;
+    tr.children[1].textContent = `${p.index} ${p.label}`;
+    tr.querySelector(".bar").style.width = `${Math.round(100 * (p.probability || 0))}px`;
+    tr.addEventListener("click", () => explain(String(p.index)));
+    rows.appendChild(tr);
+  }
+  $("predictions").hidden = false;
+}
+
+function chosen(selectId) {
+  return Array.from($(selectId).selectedOptions).map((o) => o.value);
+}
+
+function chosenMethods() {
+  return Array.from(document.querySelectorAll("#methods input:checked")).map((i) => i.value);
+}
+
+async function explain(target) {
+  if (state.source === null) return;
+  showError("");
+  state.target = target;
+  const methods = chosenMethods();
+  const layers = chosen("layers");
+  try {
+    const body = form({ method: methods.join(",") || "gradcam", layer: layers.join(","), target: target || "", top: 5 });
+    const result = await (await api("/api/explain", { method: "POST", body })).json();
+    state.maps = await Promise.all(result.explanations.map(async (e) => ({ info: e, gray: await grayOf(e.map) })));
+    state.methods = methods;
+    state.layers = layers;
+    drawGrid();
+    $("command").textContent = command();
+    $("resulttitle").textContent = result.explanations.length ? `Maps: ${result.explanations[0].target.label}` : "Maps";
+    $("results").hidden = false;
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+async function grayOf(base64png) {
+  const img = await loadImage(`data:image/png;base64,${base64png}`);
+  const canvas = new OffscreenCanvas(img.width, img.height);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  return ctx.getImageData(0, 0, img.width, img.height);
+}
+
+async function loadColormap() {
+  const name = $("colormap").value;
+  state.lut = (await (await api(`/api/colormap/${encodeURIComponent(name)}`)).json()).lut;
+}
+
+function paint(canvas, gray) {
+  const w = gray.width, h = gray.height;
+  canvas.width = w;
+  canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(state.picture, 0, 0, w, h);
+  const base = ctx.getImageData(0, 0, w, h);
+  const alpha = parseFloat($("alpha").value);
+  const out = base.data, g = gray.data, lut = state.lut;
+  for (let i = 0; i < out.length; i += 4) {
+    const c = lut[g[i]];
+    out[i] = (1 - alpha) * out[i] + alpha * c[0];
+    out[i + 1] = (1 - alpha) * out[i + 1] + alpha * c[1];
+    out[i + 2] = (1 - alpha) * out[i + 2] + alpha * c[2];
+  }
+  ctx.putImageData(base, 0, 0);
+}
+
+function drawGrid() {
+  const grid = $("grid");
+  grid.replaceChildren();
+  for (const [i, map] of state.maps.entries()) {
+    const figure = document.createElement("figure");
+    const canvas = document.createElement("canvas");
+    canvas.dataset.map = i;
+    paint(canvas, map.gray);
+    const caption = document.createElement("figcaption");
+    const title = document.createElement("div");
+    title.textContent = map.info.title;
+    caption.appendChild(title);
+    caption.appendChild(link("overlay.png", () => canvas.toBlob((b) => save(b, `${map.info.file}.png`))));
+    caption.appendChild(link("map.npy", () => downloadRaw(map.info)));
+    caption.appendChild(link("json", () => save(new Blob([JSON.stringify(withoutMap(map.info), null, 2)],
+      { type: "application/json" }), `${map.info.file}.json`)));
+    figure.append(canvas, caption);
+    grid.appendChild(figure);
+  }
+}
+
+function withoutMap(info) {
+  const copy = { ...info };
+  delete copy.map;
+  return copy;
+}
+
+function repaint() {
+  for (const canvas of document.querySelectorAll("#grid canvas")) paint(canvas, state.maps[canvas.dataset.map].gray);
+  if (state.source !== null) $("command").textContent = command();
+}
+
+function link(text, action) {
+  const a = document.createElement("a");
+  a.href = "#";
+  a.textContent = text;
+  a.addEventListener("click", (event) => { event.preventDefault(); action(); });
+  return a;
+}
+
+function save(blob, filename) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = filename;
+  a.click();
+}
+
+async function downloadRaw(info) {
+  try {
+    const body = form({ method: info.method, layer: info.layer, target: String(info.target.index), output: "npy" });
+    save(await (await api("/api/explain", { method: "POST", body })).blob(), `${info.file}.npy`);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+function quote(text) {
+  return /^[\w.,:/+-]+$/.test(text) ? text : `'${text.replace(/'/g, "'\\''")}'`;
+}
+
+function command() {
+  const parts = ["camlens", "explain", quote(state.source instanceof Blob ? state.name : state.source)];
+  if (state.methods.length) parts.push("--method", quote(state.methods.join(",")));
+  if (state.layers.length) parts.push("--layer", quote(state.layers.join(",")));
+  if (state.target) parts.push("--target", quote(state.target));
+  parts.push("--colormap", quote($("colormap").value), "--alpha", $("alpha").value);
+  return parts.join(" ");
+}
+
+async function setup() {
+  const health = await (await api("/api/health")).json();
+  $("model").textContent = `${health.model}, ${health.classes} classes`;
+  const methods = await (await api("/api/methods")).json();
+  for (const m of methods) {
+    const label = document.createElement("label");
+    label.title = `${m.paper}: ${m.formula}`;
+    label.innerHTML = `<input type="checkbox" value="${m.name}"> `;
+    label.append(`${m.title} (${m.name})`);
+    if (m.name === "gradcam") label.querySelector("input").checked = true;
+    $("methods").appendChild(label);
+  }
+  const layers = await (await api("/api/layers")).json();
+  for (const layer of layers.layers) {
+    const option = document.createElement("option");
+    option.value = layer.name;
+    option.textContent = layer.name === layers.default ? `${layer.name} (automatic)` : layer.name;
+    $("layers").appendChild(option);
+  }
+  for (const name of await (await api("/api/samples")).json()) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = name;
+    button.addEventListener("click", async () => {
+      const blob = await (await api(`/api/samples/${name}`)).blob();
+      useSource(blob, `${name}.png`);
+    });
+    $("samples").appendChild(button);
+  }
+  await loadColormap();
+}
+
+function wire() {
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    const file = e.dataTransfer.files[0];
+    if (file) useSource(file, file.name);
+  });
+  $("file").addEventListener("change", (e) => { const f = e.target.files[0]; if (f) useSource(f, f.name); });
+  $("alpha").addEventListener("input", repaint);
+  $("colormap").addEventListener("change", async () => { await loadColormap(); repaint(); });
+  $("classq").addEventListener("input", async (e) => {
+    const q = e.target.value.trim();
+    if (!q) return;
+    const found = await (await api(`/api/classes?q=${encodeURIComponent(q)}&limit=12`)).json();
+    $("classlist").replaceChildren(...found.map((c) => Object.assign(document.createElement("option"), { value: c.label })));
+  });
+  $("explainclass").addEventListener("click", () => explain($("classq").value.trim() || null));
+  $("copy").addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText($("command").textContent));
+  document.querySelectorAll("#methods, #layers").forEach((el) => el.addEventListener("change", () => explain(state.target)));
+  const params = new URLSearchParams(location.search);
+  if (params.get("path")) useSource(params.get("path"), params.get("path"));
+  document.body.dataset.ready = "1";
+}
+
+setup().then(wire).catch((err) => showError(err.message));

@@ -1,0 +1,137 @@
+"""The web app in a real browser: Playwright driving Debian's Chromium against a real uvicorn
+server (Playwright's own browser download does not work offline; ``.ci/run`` installs Chromium
+and sets ``CAMLENS_BROWSER_REQUIRED=1``, so there a missing browser fails instead of skipping)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    if os.environ.get("CAMLENS_BROWSER_REQUIRED") == "1":
+        raise RuntimeError("CAMLENS_BROWSER_REQUIRED=1 but no chromium on PATH (apt-get install chromium)")
+    pytest.skip("no chromium on PATH (apt-get install chromium)", allow_module_level=True)
+
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, lens) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    from camlens.samples import write_samples
+    from camlens.web.app import Settings, create_app
+
+    root = tmp_path_factory.mktemp("browser_root")
+    write_samples(root / "photos")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    app = create_app(Settings(root=root, max_pixels=30_000_000), lens)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server: str):  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready]")  # every control is wired
+    yield page
+    context.close()
+
+
+def _drop(page, data: bytes, name: str, kind: str = "image/png") -> None:  # type: ignore[no-untyped-def]
+    """Drop a file on the drop zone as a person would (a DataTransfer with one File)."""
+    page.evaluate("""([bytes, name, kind]) => {
+        const file = new File([new Uint8Array(bytes)], name, { type: kind });
+        const transfer = new DataTransfer();
+        transfer.items.add(file);
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
+    }""", [list(data), name, kind])
+
+
+def _pixels(page) -> list[int]:  # type: ignore[no-untyped-def]
+    return page.evaluate("""() => {
+        const c = document.querySelector("#grid canvas");
+        return Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 97 === 0));
+    }""")
+
+
+def test_drop_a_photo_click_a_class_recolour_without_a_request(page, samples_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    _drop(page, (samples_dir / "chelsea.png").read_bytes(), "chelsea.png")
+    page.wait_for_selector("#predrows tr:nth-child(5)")
+    rows = page.locator("#predrows tr")
+    assert rows.count() == 5 and "Egyptian cat" in rows.nth(0).inner_text()
+    page.wait_for_selector("#grid canvas")
+    assert "Egyptian cat" in page.inner_text("#resulttitle")
+    first = _pixels(page)
+    third = rows.nth(2).get_attribute("data-index")
+    with page.expect_response(lambda r: r.url.endswith("/api/explain")):
+        rows.nth(2).click()
+    page.wait_for_function("() => !document.getElementById('resulttitle').textContent.includes('Egyptian')")
+    second = _pixels(page)
+    assert second != first
+    expected = f"camlens explain chelsea.png --method gradcam --target {third} --colormap jet --alpha 0.5"
+    assert page.inner_text("#command") == expected
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.locator("#alpha").fill("0.9")
+    page.wait_for_function("() => document.getElementById('command').textContent.endsWith('--alpha 0.9')")
+    assert _pixels(page) != second and requests == []  # recoloured in the browser, no request
+
+
+def test_a_sample_is_one_click_and_methods_fill_a_grid(page) -> None:  # type: ignore[no-untyped-def]
+    page.locator("#methods input[value='gradcam++']").check()
+    page.click("#samples button:has-text('coffee')")
+    page.wait_for_function("() => document.querySelectorAll('#grid canvas').length === 2")
+    captions = page.locator("#grid figcaption").all_inner_texts()
+    assert any("gradcam @ bn2: espresso" in c for c in captions) and any("gradcam++ @ bn2" in c for c in captions)
+
+
+@pytest.mark.parametrize(("data", "name", "message"), [
+    (b"plain text, not a picture", "notes.png", "notes.png: not an image"),
+])
+def test_a_bad_file_shows_its_one_line_error(page, data: bytes, name: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    _drop(page, data, name)
+    page.wait_for_selector("#error:not([hidden])")
+    assert message in page.inner_text("#error")
+
+
+def test_an_oversize_image_and_a_path_outside_the_root_are_refused(page, server: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_web import _huge_png
+
+    _drop(page, _huge_png(8000, 5000), "wide.png")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "wide.png: 8000x5000 is 40.0 MP" in page.inner_text("#error")
+    page.goto(server + "/?path=../../etc/passwd")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not a path under the root" in page.inner_text("#error")
