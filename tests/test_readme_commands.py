@@ -10,6 +10,8 @@ run in tests/keras_cases/test_keras_readme.py, once per backend."""
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,9 @@ STAND_INS: dict[str, StandIn] = {
         why="90 images instead of 3,300, so that the 15-epoch training below takes seconds"),
     "camlens train cifar10 --out c10.pt --arch resnet18": StandIn(offline="cannot get dataset 'cifar10'"),
 }
+SERVERS = {"camlens serve": 8000, "camlens serve --model pets.pt --root photos/ --port 8080": 8080}
+"""Commands that start a server: run in a process of their own on a free port instead of the
+README's, until ``/api/health`` answers; then stopped."""
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +103,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_stand_in_is_a_readme_command() -> None:
-    assert set(STAND_INS) <= set(readme_commands()), set(STAND_INS) - set(readme_commands())
+    assert set(STAND_INS) | set(SERVERS) <= set(readme_commands()), set(STAND_INS) - set(readme_commands())
+    assert {c for c in readme_commands() if c.startswith("camlens serve")} == set(SERVERS)
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if not is_keras(c)])
+@pytest.mark.parametrize("command", [c for c in readme_commands() if not is_keras(c) and c not in SERVERS])
 def test_readme_command_runs_offline(command: str, workspace: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workspace)
@@ -123,3 +129,24 @@ def test_readme_command_runs_offline(command: str, workspace: Path, capsys: pyte
         assert stand_in.expect in result.out
     else:
         assert files_under(workspace) - before, f"{command} wrote nothing"
+
+
+@pytest.mark.parametrize("command", list(SERVERS))
+def test_readme_serve_command_serves(command: str, workspace: Path) -> None:
+    """(After the commands above: pets.pt was trained by one of them.)"""
+    from tests.test_web import _free_port, health
+
+    port = _free_port()
+    args = shlex.split(command)[1:]
+    args = [str(port) if a == str(SERVERS[command]) else a for a in args] + ([] if "--port" in args else ["--port", str(port)])
+    exe = Path(sys.executable).with_name("camlens")
+    server = subprocess.Popen([str(exe), *args], cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        answer = health(port, server)
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    assert answer is not None and answer["status"] == "ok", out + err
+    assert f"http://127.0.0.1:{port}/" in out
+    if "--root" in args:
+        assert answer["model"] == "pets.pt" and answer["root"] == str((workspace / "photos").resolve())

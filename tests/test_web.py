@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import socket
 import struct
@@ -191,6 +192,20 @@ def test_concurrent_requests_on_one_model_get_their_own_maps(client: TestClient,
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in lens.loaded.model.modules())
 
 
+def health(port: int, process: subprocess.Popen[str], wait: float = 120.0) -> dict[str, object] | None:
+    """``/api/health`` of a server starting on ``port`` (None if it never answers or exits first),
+    asked directly, never through a proxy (urllib's global opener keeps the proxy it first saw)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with opener.open(f"http://127.0.0.1:{port}/api/health", timeout=2) as answer:
+                return dict(json.loads(answer.read()))
+        except OSError:
+            time.sleep(0.3)
+    return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -204,18 +219,11 @@ def test_camlens_serve_starts_a_real_server(host: str, tmp_path: Path) -> None:
     server = subprocess.Popen([str(exe), "serve", "--host", host, "--port", str(port), "--device", "cpu"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     try:
-        deadline, health = time.monotonic() + 120, None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as answer:
-                    health = answer.read().decode()
-                break
-            except OSError:
-                time.sleep(0.3)
-        assert health is not None and '"status":"ok"' in health
+        answer = health(port, server)
     finally:
         server.terminate()
         out, err = server.communicate(timeout=60)
+    assert answer is not None and answer["status"] == "ok", out + err
     assert f"http://{host}:{port}/" in out
     assert ("no authentication" in err) == (host == "0.0.0.0"), err
 
