@@ -32,26 +32,24 @@ def explainer_for(model: Any, method: str | Method | Sequence[str | Method], lay
     Raises:
         CamlensError: ``model`` is neither.
     """
-    from camlens.adapters.backends import is_keras_model
+    from camlens.models.record import framework_of
 
     if augment is not None and not isinstance(augment, Augment):
         raise CamlensError(f"augment must be a camlens Augment (Augment.smoothgrad(), Augment.tta()...), not "
                            f"{type(augment).__name__}")
     impl: Any
-    keras_model = is_keras_model(model)
-    if keras_model:
+    framework = framework_of(model)
+    if framework == "keras":
         from camlens.adapters.keras import KerasExplainer
 
         impl = KerasExplainer(model, method, layer, output=output, fuse=fuse, layout=layout, max_batch=max_batch)
-    else:
-        import torch
-
-        if not isinstance(model, torch.nn.Module):
-            raise CamlensError(f"expected a PyTorch nn.Module or a Keras 3 model, got {type(model).__name__}")
+    elif framework == "torch":
         from camlens.adapters.pytorch import TorchExplainer
 
         impl = TorchExplainer(model, method, layer, fuse, output=output, layout=layout, max_batch=max_batch)
-    return impl if augment is None else Augmented(impl, augment, "NHWC" if keras_model else "NCHW")
+    else:
+        raise CamlensError(f"expected a PyTorch nn.Module or a Keras 3 model, got {type(model).__name__}")
+    return impl if augment is None else Augmented(impl, augment, "NHWC" if framework == "keras" else "NCHW")
 
 
 class Augmented:

@@ -17,7 +17,7 @@ from camlens.core.targets import Output
 
 if TYPE_CHECKING:
     from camlens.core.augment import Augment
-    from camlens.models.registry import LoadedModel
+    from camlens.models.record import LoadedModel
 
 LayerRow = tuple[str, str, tuple[int | None, ...] | None, str]
 """``(name, type, output shape, layout)``; the layout is empty for outputs that are not feature maps."""
@@ -131,11 +131,6 @@ def backend_for(loaded: LoadedModel) -> Backend:
     return KerasBackend() if loaded.framework == "keras" else TorchBackend()
 
 
-def is_keras_model(model: object) -> bool:
-    """True for a Keras 3 model, without importing Keras for other objects."""
-    return any(c.__module__.startswith("keras") for c in type(model).__mro__) and hasattr(model, "layers")
-
-
 def _blank(loaded: LoadedModel) -> Any:
     from PIL import Image
 
@@ -143,4 +138,4 @@ def _blank(loaded: LoadedModel) -> Any:
     return Image.new("RGB", (w, h))
 
 
-__all__ = ["Backend", "KerasBackend", "TorchBackend", "backend_for", "is_keras_model"]
+__all__ = ["Backend", "KerasBackend", "TorchBackend", "backend_for"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +17,13 @@ from camlens.models import labels as labels_mod
 from camlens.models.labels import Labels
 from camlens.models.network import reachable
 from camlens.models.preprocess import Preprocessing
+from camlens.models.record import LoadedModel, framework_of
 from camlens.models.small_cnn import SMALL_CNN, SmallCNN
 
 DEFAULT_MODEL = "efficientnet_lite0"
 _KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
 _BUNDLED_NAMES = ("efficientnet_lite0", "efficientnet-lite0")
 
-
-@dataclass
-class LoadedModel:
-    """A model ready to explain, with labels and preprocessing.
-
-    ``framework`` is ``"torch"`` (an ``nn.Module`` in eval mode on ``device``) or ``"keras"``
-    (a Keras 3 model); ``output`` picks the output to explain. ``embedding`` marks a model
-    that outputs features, not class scores (``headless``): it makes no class predictions.
-    """
-
-    name: str
-    model: Any
-    labels: Labels
-    preprocessing: Preprocessing
-    device: torch.device
-    framework: str = "torch"
-    output: int | str | None = None
-    embedding: bool = False
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -133,15 +115,14 @@ def wrap_model(
     unit, ``class i`` otherwise. Preprocessing defaults to ImageNet mean/std at 224x224 for
     PyTorch, and to raw 0..255 pixels at the model's input size for Keras.
     """
-    from camlens.adapters.backends import is_keras_model
-
-    if not is_keras_model(model) and not isinstance(model, torch.nn.Module):
+    framework = framework_of(model)
+    if framework is None:
         raise ModelError(f"model must be a model name, a model file, a PyTorch nn.Module or a Keras 3 model, not "
                          f"{type(model).__name__}")
     if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
         raise ModelError(f"preprocessing must be a camlens Preprocessing, not {type(preprocessing).__name__}")
     lab = labels_mod.from_file(labels) if labels is not None else None
-    if is_keras_model(model):
+    if framework == "keras":
         from camlens.adapters.keras.head import find_head
         from camlens.models.keras_models import default_preprocessing
 
