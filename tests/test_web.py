@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_samples(folder / "photos")
     (folder / "photos" / "notes.txt").write_text("not an image")
     (folder / "photos" / "cats").mkdir()
+    os.mkfifo(folder / "photos" / "pipe.png")
+    (folder / "photos" / "big.png").write_bytes(b"\0" * 2_100_000)
     outside = tmp_path_factory.mktemp("outside")
     Image.new("RGB", (8, 8)).save(outside / "secret.png")
     (folder / "photos" / "link.png").symlink_to(outside / "secret.png")
@@ -46,7 +49,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(root: Path, lens) -> TestClient:  # type: ignore[no-untyped-def]
     return TestClient(create_app(Settings(root=root, max_upload=2_000_000, max_pixels=30_000_000), lens),
-                      raise_server_exceptions=False)
+                      base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -64,6 +67,7 @@ def test_listings(client: TestClient) -> None:
 
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["model"] == "efficientnet_lite0" and health["classes"] == 1000
+    assert health["root"] == "served0"  # its name, not where it is
     assert [m["name"] for m in client.get("/api/methods").json()] == [c.name for c in method_classes()]
     assert client.get("/api/classes", params={"q": "tabby"}).json() == [{"index": 281, "label": "tabby, tabby cat"}]
     assert len(client.get("/api/classes", params={"limit": 7}).json()) == 7
@@ -83,7 +87,7 @@ def test_listings(client: TestClient) -> None:
 def test_folders_under_the_root(client: TestClient) -> None:
     listing = client.get("/api/files", params={"path": "photos"}).json()
     assert listing["folders"] == ["photos/cats"]  # not the symlink out of the root
-    assert listing["images"] == [f"photos/{n}.png" for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    assert listing["images"] == [f"photos/{n}.png" for n in ("astronaut", "big", "chelsea", "coffee", "rocket")]  # no FIFO
     assert client.get("/api/files").json()["folders"] == ["photos"]
     thumb = Image.open(io.BytesIO(client.get("/api/image", params={"path": "photos/coffee.png", "size": 100}).content))
     assert thumb.size == (100, 67)
@@ -130,6 +134,13 @@ def _huge_png(width: int, height: int) -> bytes:
     ({"files": {"image": ("huge.png", _huge_png(30000, 30000), "image/png")}}, 413, "huge.png: image too large"),
     ({"files": {"image": ("wide.png", _huge_png(8000, 5000), "image/png")}}, 413, "wide.png: 8000x5000 is 40.0 MP, over"),
     ({"files": {"image": ("big.bin", b"\0" * 2_100_000, "image/png")}}, 413, "over the 2000000 bytes"),
+    ({"files": {"image": ("edge.bin", b"\0" * 2_030_000, "image/png")}}, 413, "edge.bin: over the 2000000 bytes"),
+    ({"data": {"path": "photos/big.png"}}, 413, "photos/big.png: 2100000 bytes, over"),
+    ({"data": {"path": "photos/pipe.png"}}, 404, "photos/pipe.png: not a regular file"),
+    ({"data": {"path": "photos/chelsea.png", "target": "similar-to:/etc/hostname"}}, 422, "not available in the web app"),
+    ({"data": {"path": "photos/chelsea.png", "target": "all"}}, 413, "at most 32 per request"),
+    ({"data": {"path": "photos/chelsea.png", "target": "top-9", "method": "gradcam,gradcam++,layercam,xgradcam"}},
+     413, "36 maps asked"),
     ({"data": {"path": "../outside/secret.png"}}, 404, "not a path under the root"),
     ({"data": {"path": "/etc/passwd"}}, 404, "not a path under the root"),
     ({"data": {"path": "photos/link.png"}}, 404, "no such image under the root"),
@@ -139,7 +150,7 @@ def _huge_png(width: int, height: int) -> bytes:
     ({"data": {"path": "photos/chelsea.png", "target": "no such class"}}, 422, "no class named 'no such class'"),
     ({"data": {"path": "photos/chelsea.png", "method": "gradcan"}}, 422, "gradcan"),
     ({"data": {"path": "photos/chelsea.png", "layer": "blocks.99"}}, 422, "blocks.99"),
-    ({"data": {"path": "photos/chelsea.png", "output": "gif"}}, 422, None),
+    ({"data": {"path": "photos/chelsea.png", "output": "gif"}}, 422, "output: String should match pattern"),
 ])
 def test_bad_requests_get_a_4xx_with_one_line(client: TestClient, request_kwargs: dict[str, object], status: int,
                                               message: str | None) -> None:
@@ -154,17 +165,36 @@ def test_folder_paths_and_other_endpoints_are_confined(client: TestClient, root:
     assert client.get("/api/files", params={"path": "../"}).status_code == 404
     assert client.get("/api/files", params={"path": "away"}).status_code == 404
     assert client.get("/api/image", params={"path": "photos/link.png"}).status_code == 404
-    assert client.get("/api/colormap/nope").json()["error"] == "unknown colormap 'nope'"
-    rootless = TestClient(create_app(Settings(), lens))
+    assert client.get("/api/colormap/nope").json() == {"error": "unknown colormap 'nope'"}
+    assert client.get("/api/samples/nope").status_code == 404
+    assert client.get("/api/nothing-here").json() == {"error": "Not Found"}
+    rootless = TestClient(create_app(Settings(), lens), base_url="http://localhost:8000")
     answer = rootless.post("/api/predict", data={"path": "photos/chelsea.png"})
     assert answer.status_code == 404 and "no --root" in answer.json()["error"]
     assert rootless.get("/api/health").json()["root"] is None
 
 
+def test_other_hosts_origins_and_unsized_posts_are_refused(client: TestClient) -> None:
+    """DNS rebinding (a foreign Host), a cross-site page's POST (a foreign Origin), and a body
+    without Content-Length (chunked, so its size is unknown until read) never reach the model."""
+    assert client.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+    assert client.get("/api/health", headers={"host": "localhost:8000"}).status_code == 200
+    cross = client.post("/api/predict", data={"path": "photos/chelsea.png"}, headers={"origin": "http://evil.example"})
+    assert cross.status_code == 403 and "evil.example" in cross.json()["error"]
+    same = client.post("/api/predict", data={"path": "photos/chelsea.png"}, headers={"origin": "http://127.0.0.1:8000"})
+    assert same.status_code == 200
+
+    def chunks() -> Iterator[bytes]:
+        yield b"--x\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\nphotos/chelsea.png\r\n--x--\r\n"
+
+    unsized = client.post("/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert unsized.status_code == 411 and "Content-Length" in unsized.json()["error"]
+
+
 def test_an_unexpected_failure_is_a_500_with_an_id_in_the_log(lens, caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(Settings(), lens)
-    client = TestClient(app, raise_server_exceptions=False)
+    client = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")

@@ -46,6 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, lens) -> Iterator[str]:  # 
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=30)
@@ -124,6 +125,14 @@ def test_a_bad_file_shows_its_one_line_error(page, data: bytes, name: str, messa
     _drop(page, data, name)
     page.wait_for_selector("#error:not([hidden])")
     assert message in page.inner_text("#error")
+
+
+def test_a_file_name_is_shown_as_text_never_run(page, samples_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    name = "<img src=x onerror=window.pwned=1>.png"
+    _drop(page, (samples_dir / "rocket.png").read_bytes(), name)
+    page.wait_for_selector("#grid canvas")
+    assert page.evaluate("() => window.pwned === undefined") and page.locator("#grid img").count() == 0
+    assert name in page.inner_text("#command")
 
 
 def test_an_oversize_image_and_a_path_outside_the_root_are_refused(page, server: str) -> None:  # type: ignore[no-untyped-def]

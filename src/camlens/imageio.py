@@ -87,23 +87,31 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     return rgb
 
 
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+"""What :func:`decode_image` decodes: the formats of :data:`IMAGE_SUFFIXES`, no other Pillow
+plugin (EPS would run Ghostscript)."""
+
+
 def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Bytes received (an upload) as 8-bit RGB, upright, like :func:`read_image`; an image of
-    more than ``max_pixels`` pixels is refused from its header, before any decoding.
+    more than ``max_pixels`` pixels is refused from its header, before any decoding, and only
+    :data:`UPLOAD_FORMATS` are decoded.
 
     Raises:
         ImageError: not an image, truncated or corrupt, or too many pixels (naming ``name``).
     """
-    return _decode(io.BytesIO(data), name, int(max_pixels), refuse=True)[0]
+    return _decode(io.BytesIO(data), name, int(max_pixels), refuse=True, formats=UPLOAD_FORMATS)[0]
 
 
-def _decode(source: Path | BinaryIO, name: str, budget: int, refuse: bool) -> tuple[Image.Image, tuple[int, int]]:
+def _decode(source: Path | BinaryIO, name: str, budget: int, refuse: bool,
+            formats: tuple[str, ...] | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """The first frame of ``source`` as upright RGB within ``budget`` pixels (reduced, or with
-    ``refuse`` an :class:`ImageError`), and its size in the file."""
+    ``refuse`` an :class:`ImageError`), and its size in the file; ``formats`` limits the
+    decoders tried (Pillow's names)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget bounds the memory
-            with Image.open(source) as img:
+            with Image.open(source, formats=formats) as img:
                 img.seek(0)
                 width, height = img.size
                 if width * height > budget and refuse:

@@ -37,7 +37,7 @@ def serve(
     if root is not None and not root.is_dir():
         raise CamlensError(f"--root {root}: not a folder")
     settings = Settings(model=model, weights=weights, labels=labels, device=device, root=root,
-                        max_upload=int(max_upload_mb * 2**20))
+                        max_upload=int(max_upload_mb * 2**20), host=host)
     lens = open_lens(model, weights, labels, device)
     web = create_app(settings, lens)
     if host not in LOCAL_HOSTS:

@@ -11,16 +11,22 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
+import stat
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from camlens.errors import CamlensError, ImageError, ImageTooLarge, LayerError, MethodError, ModelError, TargetError
 from camlens.explain import Explanation, Lens
@@ -31,18 +37,26 @@ LOG = logging.getLogger("camlens.web")
 STATIC = Path(__file__).with_name("static")
 
 
-class PathError(CamlensError):
+class NotFound(CamlensError):
+    """Something asked for by name that the server does not have (a sample, a colormap)."""
+
+
+class PathError(NotFound):
     """A path that is not an image under the served root (outside it, missing, or no root)."""
 
 
 class TooLarge(CamlensError):
-    """An upload larger than the server accepts."""
+    """An upload, a file or a request for more maps than the server accepts."""
 
 
 STATUS: list[tuple[type[CamlensError], int]] = [
-    (ImageTooLarge, 413), (TooLarge, 413), (ImageError, 415), (PathError, 404),
+    (ImageTooLarge, 413), (TooLarge, 413), (ImageError, 415), (NotFound, 404),
     (TargetError, 422), (LayerError, 422), (MethodError, 422), (ModelError, 422), (CamlensError, 400),
 ]
+
+MAX_MAPS = 32
+"""The most maps (targets x methods x layers) one request may ask for."""
+LOCAL = ("127.0.0.1", "localhost", "::1", "[::1]")
 """HTTP status per camlens error class, most specific first."""
 
 
@@ -56,6 +70,9 @@ class Settings:
         max_upload: the largest upload accepted, in bytes.
         max_pixels: the most pixels an image may have; larger ones are refused from their
             header, never decoded.
+        host: the address served: on a local one, only requests naming a local host (and, for
+            a POST from a page, a local origin) are answered, which DNS rebinding cannot fake.
+        workers: how many requests decode and run the model at once (memory stays bounded).
     """
 
     model: str = DEFAULT_MODEL
@@ -65,6 +82,8 @@ class Settings:
     root: Path | None = None
     max_upload: int = 20 * 2**20
     max_pixels: int = 40_000_000
+    host: str = "127.0.0.1"
+    workers: int = 2
 
 
 def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
@@ -73,6 +92,8 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
     root = settings.root.resolve() if settings.root is not None else None
     app = FastAPI(title="camlens", summary="Where an image classifier looks: class activation maps over a REST API.")
     app.state.lens, app.state.settings = lens, settings
+    busy = threading.BoundedSemaphore(settings.workers)
+    local = settings.host in LOCAL
 
     @app.exception_handler(CamlensError)
     async def _camlens_error(request: Request, exc: CamlensError) -> JSONResponse:
@@ -86,12 +107,33 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
         return JSONResponse({"error": f"internal error (id {ident}: the server log has its traceback)", "id": ident},
                             status_code=500)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}".splitlines()[0]}, status_code=422)
+
     @app.middleware("http")
-    async def _upload_cap(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_upload + 64 * 1024:
-            return JSONResponse({"error": f"upload of {int(length)} bytes is over the {settings.max_upload} bytes "
-                                          "this server accepts"}, status_code=413)
+    async def _guard(request: Request, call_next: Any) -> Any:
+        def refuse(status: int, message: str) -> JSONResponse:
+            return JSONResponse({"error": message}, status_code=status)
+
+        if local and _host_name(request.headers.get("host", "")) not in LOCAL:
+            return refuse(400, "this server answers only requests to a local address (127.0.0.1, localhost)")
+        origin = request.headers.get("origin")
+        if local and origin and _host_name(urlsplit(origin).netloc) not in LOCAL:
+            return refuse(403, f"requests from pages of {origin} are refused")
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return refuse(411, "a POST needs a Content-Length (uploads are capped by size)")
+            if int(length) > settings.max_upload + 64 * 1024:
+                return refuse(413, f"upload of {int(length)} bytes is over the {settings.max_upload} bytes "
+                                   "this server accepts")
         return await call_next(request)
 
     def image_of(upload: UploadFile | None, path: str | None) -> tuple[Image.Image, str]:
@@ -104,12 +146,35 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
             name = upload.filename or "upload"
             return decode_image(data, name, settings.max_pixels), name
         file = confined(root, path or "")
-        return decode_image(file.read_bytes()[: settings.max_upload + 1], path or "", settings.max_pixels), path or ""
+        try:  # non-blocking: a FIFO named like an image must not hold a worker
+            with os.fdopen(os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise PathError(f"{path}: not a regular file")
+                if info.st_size > settings.max_upload:
+                    raise TooLarge(f"{path}: {info.st_size} bytes, over the {settings.max_upload} bytes this server reads")
+                data = handle.read(settings.max_upload + 1)
+        except OSError as exc:
+            raise PathError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+        return decode_image(data, path or "", settings.max_pixels), path or ""
+
+    def allowed(method: str, layer: str | None, target: str | None) -> None:
+        """Refuse targets that read files (``similar-to:``) and requests for more than
+        :data:`MAX_MAPS` maps."""
+        text = (target or "").strip().lower()
+        if text.startswith("similar-to"):
+            raise TargetError("similar-to: targets read a file: not available in the web app")
+        if text == "all":
+            raise TooLarge(f"target 'all' asks for one map per class; the web app makes at most {MAX_MAPS} per request")
+        targets = int(text[4:]) if text.startswith("top-") and text[4:].isdigit() else max(1, text.count(",") + 1)
+        count = targets * max(1, len([m for m in method.split(",") if m.strip()])) * max(1, len((layer or "x").split(",")))
+        if count > MAX_MAPS:
+            raise TooLarge(f"{count} maps asked (targets x methods x layers); the web app makes at most {MAX_MAPS} per request")
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
         """The server is up: its model, classes and root."""
-        return {"status": "ok", "model": lens.loaded.name, "classes": len(lens.labels), "root": str(root) if root else None}
+        return {"status": "ok", "model": lens.loaded.name, "classes": len(lens.labels), "root": root.name if root else None}
 
     @app.get("/api/methods")
     def methods() -> list[dict[str, Any]]:
@@ -139,7 +204,7 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
         try:
             cmap = matplotlib.colormaps[name]
         except KeyError:
-            raise CamlensError(f"unknown colormap {name!r}") from None
+            raise NotFound(f"unknown colormap {name!r}") from None
         lut = (cmap(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(int)
         return {"name": name, "lut": lut.tolist()}
 
@@ -153,8 +218,10 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
     @app.get("/api/samples/{name}", response_class=Response)
     def sample(name: str) -> Response:
         """A sample photo as PNG."""
-        from camlens.samples import sample_image
+        from camlens.samples import SAMPLES, sample_image
 
+        if name not in SAMPLES:
+            raise NotFound(f"no sample photo {name!r}; the samples are {', '.join(SAMPLES)}")
         return Response(png(sample_image(name)), media_type="image/png")
 
     @app.get("/api/files")
@@ -162,14 +229,18 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
         """A folder under the root: its sub-folders and images (paths relative to the root)."""
         folder = confined(root, path, folder=True)
         assert root is not None
-        subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and inside(root, p))
-        return {"path": rel(root, folder), "folders": [rel(root, p) for p in subfolders],
-                "images": [rel(root, p) for p in find_images(folder) if inside(root, p)]}
+        try:
+            subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and inside(root, p))
+            images = [rel(root, p) for p in find_images(folder) if inside(root, p)]
+        except OSError as exc:
+            raise PathError(f"{path}: cannot be listed ({exc.strerror or type(exc).__name__})") from None
+        return {"path": rel(root, folder), "folders": [rel(root, p) for p in subfolders], "images": images}
 
     @app.get("/api/image", response_class=Response)
     def image(path: str, size: Annotated[int, Query(ge=16, le=4096)] = 256) -> Response:
         """An image under the root, as a PNG at most ``size`` pixels on its longer side."""
-        picture, _ = image_of(None, path)
+        with busy:
+            picture, _ = image_of(None, path)
         picture.thumbnail((size, size))
         return Response(png(picture), media_type="image/png")
 
@@ -177,8 +248,9 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
     def predict(image: Annotated[UploadFile | None, File()] = None, path: Annotated[str | None, Form()] = None,
                 top: Annotated[int, Form(ge=1, le=1000)] = 5) -> dict[str, Any]:
         """The top classes of an uploaded image, or of one under the root."""
-        picture, name = image_of(image, path)
-        preds = lens.predict([picture], top=top)[0]
+        with busy:
+            picture, name = image_of(image, path)
+            preds = lens.predict([picture], top=top)[0]
         return {"image": name, "width": picture.width, "height": picture.height, "predictions": [p.to_dict() for p in preds]}
 
     @app.post("/api/explain", response_model=None)
@@ -194,21 +266,23 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
         ``output``: ``json`` (every map as a grayscale PNG of the min-max scaled map at the
         image's size, coloured in the browser), ``png`` (the first map's overlay) or ``npy``
         (the first map's raw float32 values at the layer's resolution)."""
-        picture, name = image_of(image, path)
-        layers_asked = [part.strip() for part in layer.split(",") if part.strip()] if layer else None
-        found = lens.explain([picture], method, layers_asked, target, top=top)[0]
-        first, stem = found[0], file_stem(name, found[0])
-        if output == "png":
-            return Response(png(first.overlay(colormap, alpha)), media_type="image/png",
-                            headers={"Content-Disposition": f'inline; filename="{stem}.png"'})
-        if output == "npy":
-            buffer = io.BytesIO()
-            np.save(buffer, first.raw.astype(np.float32))
-            return Response(buffer.getvalue(), media_type="application/octet-stream",
-                            headers={"Content-Disposition": f'attachment; filename="{stem}.npy"'})
-        return {"image": name, "width": picture.width, "height": picture.height,
-                "predictions": [p.to_dict() for p in first.predictions],
-                "explanations": [{**described(e), "file": file_stem(name, e)} for e in found]}
+        allowed(method, layer, target)
+        with busy:
+            picture, name = image_of(image, path)
+            layers_asked = [part.strip() for part in layer.split(",") if part.strip()] if layer else None
+            found = lens.explain([picture], method, layers_asked, target, top=top)[0]
+            first, stem = found[0], file_stem(name, found[0])
+            if output == "png":
+                return Response(png(first.overlay(colormap, alpha)), media_type="image/png",
+                                headers={"Content-Disposition": f'inline; filename="{stem}.png"'})
+            if output == "npy":
+                buffer = io.BytesIO()
+                np.save(buffer, first.raw.astype(np.float32))
+                return Response(buffer.getvalue(), media_type="application/octet-stream",
+                                headers={"Content-Disposition": f'attachment; filename="{stem}.npy"'})
+            return {"image": name, "width": picture.width, "height": picture.height,
+                    "predictions": [p.to_dict() for p in first.predictions],
+                    "explanations": [{**described(e), "file": file_stem(name, e)} for e in found]}
 
     @app.get("/", response_class=FileResponse)
     def index() -> FileResponse:
@@ -228,6 +302,13 @@ def described(exp: Explanation) -> dict[str, Any]:
     gray = Image.fromarray((np.clip(exp.heatmap, 0, 1) * 255).round().astype(np.uint8), mode="L")
     return {**exp.to_dict(), "title": exp.title, "raw_shape": list(exp.raw.shape),
             "map": base64.b64encode(png(gray)).decode("ascii")}
+
+
+def _host_name(netloc: str) -> str:
+    """The host of a ``Host`` header or an origin's netloc, without its port."""
+    if netloc.startswith("["):
+        return netloc[: netloc.find("]") + 1] if "]" in netloc else netloc
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
 
 
 def png(picture: Image.Image) -> bytes:

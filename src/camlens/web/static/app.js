@@ -64,9 +64,11 @@ function showPredictions(predictions) {
     tr.className = "pred";
     tr.dataset.index = p.index;
     const pct = p.probability === null ? "" : (100 * p.probability).toFixed(2) + "%";
-    tr.innerHTML = `<td>${i + 1}</td><td></td><td><span class="bar"></span>${pct}</td>`;
-    tr.children[1].textContent = `${p.index} ${p.label}`;
-    tr.querySelector(".bar").style.width = `${Math.round(100 * (p.probability || 0))}px`;
+    const bar = Object.assign(document.createElement("span"), { className: "bar" });
+    bar.style.width = `${Math.round(100 * (p.probability || 0))}px`;
+    const cells = [String(i + 1), `${p.index} ${p.label}`, pct].map((text) => Object.assign(document.createElement("td"), { textContent: text }));
+    cells[2].prepend(bar);
+    tr.append(...cells);
     tr.addEventListener("click", () => explain(String(p.index)));
     rows.appendChild(tr);
   }
@@ -182,7 +184,7 @@ function save(blob, filename) {
 
 async function downloadRaw(info) {
   try {
-    const body = form({ method: info.method, layer: info.layer, target: String(info.target.index), output: "npy" });
+    const body = form({ method: info.method, layer: info.layer, target: state.target || "", output: "npy" });
     save(await (await api("/api/explain", { method: "POST", body })).blob(), `${info.file}.npy`);
   } catch (err) {
     showError(err.message);
@@ -209,9 +211,8 @@ async function setup() {
   for (const m of methods) {
     const label = document.createElement("label");
     label.title = `${m.paper}: ${m.formula}`;
-    label.innerHTML = `<input type="checkbox" value="${m.name}"> `;
-    label.append(`${m.title} (${m.name})`);
-    if (m.name === "gradcam") label.querySelector("input").checked = true;
+    const box = Object.assign(document.createElement("input"), { type: "checkbox", value: m.name, checked: m.name === "gradcam" });
+    label.append(box, ` ${m.title} (${m.name})`);
     $("methods").appendChild(label);
   }
   const layers = await (await api("/api/layers")).json();
