@@ -89,6 +89,9 @@ def test_folders_under_the_root(client: TestClient) -> None:
     assert listing["folders"] == ["photos/cats"]  # not the symlink out of the root
     assert listing["images"] == [f"photos/{n}.png" for n in ("astronaut", "big", "chelsea", "coffee", "rocket")]  # no FIFO
     assert client.get("/api/files").json()["folders"] == ["photos"]
+    every = client.get("/api/files", params={"recursive": "true"}).json()["images"]
+    assert every == listing["images"]  # photos/cats is empty; nothing through the symlinked folder
+    assert "/static/gallery.js" in client.get("/gallery").text
     thumb = Image.open(io.BytesIO(client.get("/api/image", params={"path": "photos/coffee.png", "size": 100}).content))
     assert thumb.size == (100, 67)
 

@@ -36,6 +36,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, lens) -> Iterator[str]:  # 
 
     root = tmp_path_factory.mktemp("browser_root")
     write_samples(root / "photos")
+    for label, photo in (("tabby", "chelsea"), ("espresso", "coffee")):  # class sub-folders: right / wrong
+        (root / "pets" / label).mkdir(parents=True)
+        (root / "pets" / label / f"{photo}.png").write_bytes((root / "photos" / f"{photo}.png").read_bytes())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -144,3 +147,47 @@ def test_an_oversize_image_and_a_path_outside_the_root_are_refused(page, server:
     page.goto(server + "/?path=../../etc/passwd")
     page.wait_for_selector("#error:not([hidden])")
     assert "not a path under the root" in page.inner_text("#error")
+
+
+def _gallery(browser, server: str, path: str):  # type: ignore[no-untyped-def]
+    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    page.goto(f"{server}/gallery?path={path}")
+    page.wait_for_selector("body[data-ready]")
+    return page
+
+
+def test_a_folder_gallery_predicts_filters_and_opens_a_photo(browser, server: str) -> None:  # type: ignore[no-untyped-def]
+    page = _gallery(browser, server, "pets")
+    assert page.locator("#thumbs figure").count() == 2 and not page.locator("#truthfilter").is_hidden()
+    page.click("#run")
+    page.wait_for_function("() => document.getElementById('progress').textContent === '2 / 2 predicted'")
+    captions = page.locator("#thumbs figcaption").all_inner_texts()
+    assert captions[0].startswith("espresso") and captions[1].startswith("Egyptian cat")
+    page.select_option("#bytruth", "wrong")
+    assert [f.is_visible() for f in page.locator("#thumbs figure").all()] == [False, True]
+    page.select_option("#bytruth", "correct")
+    assert [f.is_visible() for f in page.locator("#thumbs figure").all()] == [True, False]
+    page.select_option("#bytruth", "")
+    page.select_option("#byclass", "Egyptian cat")
+    assert page.inner_text("#count") == "1 of 2 images"
+    page.click("#thumbs figure:visible a")
+    page.wait_for_selector("#predrows tr")
+    assert page.url.endswith("/?path=pets%2Ftabby%2Fchelsea.png") and "Egyptian cat" in page.inner_text("#predrows")
+    page.context.close()
+
+
+def test_a_long_folder_run_can_be_cancelled(browser, server: str) -> None:  # type: ignore[no-untyped-def]
+    page = _gallery(browser, server, "photos")
+    page.route("**/api/predict", lambda route: None)  # the first prediction never answers
+    page.click("#run")
+    page.wait_for_function("() => !document.getElementById('cancel').disabled")
+    page.click("#cancel")
+    page.wait_for_function("() => document.getElementById('progress').textContent.startsWith('cancelled')")
+    assert page.inner_text("#progress") == "cancelled at 0 / 4" and page.is_enabled("#run")
+    page.context.close()
+
+
+def test_a_gallery_outside_the_root_shows_its_error(browser, server: str) -> None:  # type: ignore[no-untyped-def]
+    page = _gallery(browser, server, "../..")
+    assert "not a path under the root" in page.inner_text("#error")
+    page.context.close()

@@ -225,13 +225,14 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
         return Response(png(sample_image(name)), media_type="image/png")
 
     @app.get("/api/files")
-    def files(path: str = "") -> dict[str, Any]:
-        """A folder under the root: its sub-folders and images (paths relative to the root)."""
+    def files(path: str = "", recursive: bool = False) -> dict[str, Any]:
+        """A folder under the root: its sub-folders and images (paths relative to the root;
+        ``recursive``: the images of every sub-folder too)."""
         folder = confined(root, path, folder=True)
         assert root is not None
         try:
             subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and inside(root, p))
-            images = [rel(root, p) for p in find_images(folder) if inside(root, p)]
+            images = [rel(root, p) for p in find_images(folder, recursive) if inside(root, p)]
         except OSError as exc:
             raise PathError(f"{path}: cannot be listed ({exc.strerror or type(exc).__name__})") from None
         return {"path": rel(root, folder), "folders": [rel(root, p) for p in subfolders], "images": images}
@@ -287,6 +288,10 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
     @app.get("/", response_class=FileResponse)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/gallery", response_class=FileResponse)
+    def gallery() -> FileResponse:
+        return FileResponse(STATIC / "gallery.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

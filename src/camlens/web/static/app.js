@@ -207,6 +207,7 @@ function command() {
 async function setup() {
   const health = await (await api("/api/health")).json();
   $("model").textContent = `${health.model}, ${health.classes} classes`;
+  $("folderlink").hidden = !health.root;
   const methods = await (await api("/api/methods")).json();
   for (const m of methods) {
     const label = document.createElement("label");
