@@ -191,3 +191,21 @@ def test_a_gallery_outside_the_root_shows_its_error(browser, server: str) -> Non
     page = _gallery(browser, server, "../..")
     assert "not a path under the root" in page.inner_text("#error")
     page.context.close()
+
+
+def test_boxes_from_the_map_follow_the_threshold_in_the_browser(page, samples_dir: Path, lens) -> None:  # type: ignore[no-untyped-def]
+    """The box drawn at a threshold is the library's (largest 8-connected region of the scaled
+    map above it), within the map's 8-bit quantisation: at most 2 px apart."""
+    from camlens.evaluation.boxes import boxes_from_map
+    from camlens.imageio import read_image
+
+    _drop(page, (samples_dir / "coffee.png").read_bytes(), "coffee.png")
+    page.wait_for_selector("#grid canvas")
+    assert page.get_attribute("#grid canvas", "data-box") == ""  # off by default
+    heatmap = lens.explain([read_image(samples_dir / "coffee.png")], "gradcam")[0][0].heatmap
+    for threshold in ("0.2", "0.6"):
+        page.locator("#boxt").fill(threshold)
+        page.wait_for_function(f"() => document.getElementById('boxtv').textContent === '{float(threshold):.2f}'")
+        drawn = [int(v) for v in page.get_attribute("#grid canvas", "data-box").split(",")]
+        box = boxes_from_map(heatmap, float(threshold))[0]
+        assert max(abs(a - b) for a, b in zip(drawn, (box.xmin, box.ymin, box.xmax, box.ymax), strict=True)) <= 2, (drawn, box)

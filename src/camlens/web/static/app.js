@@ -133,6 +133,40 @@ function paint(canvas, gray) {
     out[i + 2] = (1 - alpha) * out[i + 2] + alpha * c[2];
   }
   ctx.putImageData(base, 0, 0);
+  const threshold = parseFloat($("boxt").value);
+  const box = threshold > 0 ? largestBox(gray, threshold) : null;
+  canvas.dataset.box = box ? box.join(",") : "";
+  if (box) {
+    ctx.strokeStyle = "#e00";
+    ctx.lineWidth = Math.max(2, Math.round(w / 200));
+    ctx.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+  }
+}
+
+// The box around the largest 8-connected region where the scaled map is at least `threshold`
+// (the CAM paper's rule, as camlens.evaluation.boxes.boxes_from_map): [x0, y0, x1, y1], pixel
+// edges, maxima exclusive; null when no pixel is above.
+function largestBox(gray, threshold) {
+  const w = gray.width, h = gray.height, d = gray.data, cut = threshold * 255 - 0.5;
+  const seen = new Uint8Array(w * h), stack = new Int32Array(w * h);
+  let best = null, bestCount = 0;
+  for (let start = 0; start < w * h; start++) {
+    if (seen[start] || d[4 * start] < cut) continue;
+    let top = 0, count = 0, x0 = w, y0 = h, x1 = -1, y1 = -1;
+    stack[top++] = start;
+    seen[start] = 1;
+    while (top) {
+      const p = stack[--top], x = p % w, y = (p - x) / w;
+      count++;
+      if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+      for (let dy = -1; dy <= 1; dy++) for (let dx = -1; dx <= 1; dx++) {
+        const nx = x + dx, ny = y + dy, q = ny * w + nx;
+        if (nx >= 0 && ny >= 0 && nx < w && ny < h && !seen[q] && d[4 * q] >= cut) { seen[q] = 1; stack[top++] = q; }
+      }
+    }
+    if (count > bestCount) { bestCount = count; best = [x0, y0, x1 + 1, y1 + 1]; }
+  }
+  return best;
 }
 
 function drawGrid() {
@@ -248,6 +282,11 @@ function wire() {
   });
   $("file").addEventListener("change", (e) => { const f = e.target.files[0]; if (f) useSource(f, f.name); });
   $("alpha").addEventListener("input", repaint);
+  $("boxt").addEventListener("input", () => {
+    const t = parseFloat($("boxt").value);
+    $("boxtv").textContent = t > 0 ? t.toFixed(2) : "off";
+    repaint();
+  });
   $("colormap").addEventListener("change", async () => { await loadColormap(); repaint(); });
   $("classq").addEventListener("input", async (e) => {
     const q = e.target.value.trim();
