@@ -3,10 +3,10 @@
 # the same data as bench/digits_benchmark.sh (same seed), a small timm ViT trained from scratch
 # on the CPU (8x8 patches of the 64x64 canvases, one class token, 4 blocks of width 128, 4
 # heads), then Grad-CAM, attention rollout, gradient rollout and LeGrad scored like the CNN's.
-# The table in docs/evaluation.md comes from OUT/eval/report.md.
+# The table in docs/evaluation.md is OUT/eval/report.md's (the numbers are in OUT/eval/metrics.json).
 #
 # Run: bash bench/digits_vit_benchmark.sh [OUT]    (default runs/digits-vit; OUT must not exist)
-# About 30 minutes on 2 CPU cores (training: 15-25 minutes; evaluation: about 10).
+# Its times, measured: docs/evaluation.md.
 set -euo pipefail
 out="${1:-runs/digits-vit}"
 seed="${SEED:-0}"

@@ -97,6 +97,10 @@ def test_evaluate_cli_goes_past_bad_files(trained, tmp_path: Path) -> None:  # t
     assert len(per_image) == 1 + 8 * 3
     report = (out / "report.md").read_text()
     assert "MaxBoxAccV2" in report and "Petsiuk" in report and "![" in report
+    cam = metrics["scores"]["cam"]  # the docs' per-IoU column, from the same numbers as metrics.json
+    assert "| MaxBoxAcc IoU 0.3 / 0.5 / 0.7 (best threshold) |" in report
+    assert (f"| {cam['maxboxacc_v2']:.1f} | {cam['maxboxacc@0.3']:.1f} / {cam['maxboxacc@0.5']:.1f} / "
+            f"{cam['maxboxacc@0.7']:.1f} ({cam['best_threshold@0.3']:.2f} / ") in report
     for name in ("metrics.csv", "curves.png", "examples.png"):
         assert (out / name).stat().st_size > 0
     again = camlens("evaluate", data, "--boxes", boxes, "--model", root / "model.pt", "--out", out, "--device", "cpu")

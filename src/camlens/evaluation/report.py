@@ -90,13 +90,24 @@ def write(result: EvalResult, out: Path, per_image: IO[str], *, title: str, over
 
 def table_rows(result: EvalResult, short: bool = False) -> list[list[str]]:
     """The summary table: one row per method, the columns of :data:`COLUMNS` that were measured,
-    headed by their names and arrows (or by short names, for a terminal)."""
+    headed by their names and arrows (or by short names, for a terminal); the full table also
+    has MaxBoxAcc at each IoU threshold with the map threshold that reached it, after MaxBoxAccV2."""
     keys = [k for k, *_ in COLUMNS if any(k in s for s in result.scores.values())]
     arrows = {"up": "↑", "down": "↓"}
-    rows = [["method", *[sh if short else f"{h} {arrows[b]}" for k, h, sh, b in COLUMNS if k in keys]]]
+    heads = [sh if short else f"{h} {arrows[b]}" for k, h, sh, b in COLUMNS if k in keys]
+    ious = [k.removeprefix("maxboxacc@") for k in next(iter(result.scores.values()), {}) if k.startswith("maxboxacc@")]
+    split = keys.index("maxboxacc_v2") + 1 if ious and not short and "maxboxacc_v2" in keys else None
+    if split is not None:
+        heads.insert(split, f"MaxBoxAcc IoU {' / '.join(ious)} (best threshold)")
+    rows = [["method", *heads]]
     for m in result.methods:
         s = result.scores[m]
-        rows.append([m, *[_fmt(k, s.get(k)) for k in keys]])
+        cells = [_fmt(k, s.get(k)) for k in keys]
+        if split is not None:
+            accuracies = " / ".join(f"{s['maxboxacc@' + d]:.1f}" for d in ious)
+            thresholds = " / ".join(f"{s['best_threshold@' + d]:.2f}" for d in ious)
+            cells.insert(split, f"{accuracies} ({thresholds})")
+        rows.append([m, *cells])
     return rows
 
 
