@@ -3,24 +3,7 @@
 // colormap and opacity changes recolour it here, with no request.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const state = { source: null, name: "", picture: null, maps: [], lut: null, target: null, methods: [], layers: [] };
-
-function showError(message) {
-  const box = $("error");
-  box.textContent = message;
-  box.hidden = !message;
-}
-
-async function api(url, options) {
-  const response = await fetch(url, options);
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return response;
-}
 
 function form(extra) {
   const data = new FormData();

@@ -3,25 +3,9 @@
 // when the images sit in class sub-folders, by correct / wrong. A click opens the photo view.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const folder = new URLSearchParams(location.search).get("path") || "";
 const items = [];  // {path, truth, figure, caption, label, probability}
 let stop = null;
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
-}
-
-async function api(url, options) {
-  const response = await fetch(url, options);
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return response;
-}
 
 function truthOf(path) {
   // the class sub-folder right under the gallery's folder, if any
