@@ -10,8 +10,6 @@ run in tests/keras_cases/test_keras_readme.py, once per backend."""
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,18 +132,12 @@ def test_readme_command_runs_offline(command: str, workspace: Path, capsys: pyte
 @pytest.mark.parametrize("command", list(SERVERS))
 def test_readme_serve_command_serves(command: str, workspace: Path) -> None:
     """(After the commands above: pets.pt was trained by one of them.)"""
-    from tests.test_web import _free_port, health
+    from tests.test_web import _free_port, serve
 
     port = _free_port()
     args = shlex.split(command)[1:]
     args = [str(port) if a == str(SERVERS[command]) else a for a in args] + ([] if "--port" in args else ["--port", str(port)])
-    exe = Path(sys.executable).with_name("camlens")
-    server = subprocess.Popen([str(exe), *args], cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        answer = health(port, server)
-    finally:
-        server.terminate()
-        out, err = server.communicate(timeout=60)
+    answer, out, err = serve(args, port, cwd=workspace)
     assert answer is not None and answer["status"] == "ok", out + err
     assert f"http://127.0.0.1:{port}/" in out
     if "--root" in args:

@@ -3,7 +3,9 @@ evaluating with it, library and CLI. Floors are the figures measured in docs/eva
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from camlens.data.digits_canvas import CanvasSpec, generate
 from camlens.data.folders import ImageFolder, stratified_split
 from camlens.errors import CamlensError, ModelError
 from camlens.evaluation.annotations import read_annotations
+from camlens.evaluation.boxes import Box, iou
 from camlens.evaluation.run import dataset, evaluate
 from camlens.explain import Lens
 from camlens.training.fit import TrainConfig, state_path, train
@@ -93,8 +96,15 @@ def test_evaluate_cli_goes_past_bad_files(trained, tmp_path: Path) -> None:  # t
     assert set(metrics["scores"]) == {"cam", "gradcam", "gradcam++"}
     assert 0.0 <= metrics["scores"]["cam"]["deletion_auc"] <= metrics["scores"]["cam"]["insertion_auc"] <= 1.0
     assert len(metrics["failed"]) == 2
-    per_image = (out / "per_image.csv").read_text().splitlines()
-    assert len(per_image) == 1 + 8 * 3
+    assert metrics["source"] == {"model": str((root / "model.pt").resolve()), "weights": None, "labels": None,
+                                 "data": str(data.resolve()), "boxes": str(boxes.resolve()), "cwd": os.getcwd()}
+    with open(out / "per_image.csv", newline="") as handle:
+        per_image = list(csv.DictReader(handle))
+    assert len(per_image) == 8 * 3
+    for row in per_image:  # the box found (IoU'd with the true box) and the true box, on the image as read
+        found, truth = ([float(v) for v in text.split()] for text in (row["box"], row["true_boxes"]))
+        assert (row["width"], row["height"]) == ("64", "64") and len(found) == len(truth) == 4
+        assert float(row["iou"]) == pytest.approx(iou(Box(*found), Box(*truth)), abs=1e-4)
     report = (out / "report.md").read_text()
     assert "MaxBoxAccV2" in report and "Petsiuk" in report and "![" in report
     cam = metrics["scores"]["cam"]  # the docs' per-IoU column, from the same numbers as metrics.json

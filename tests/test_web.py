@@ -239,6 +239,20 @@ def health(port: int, process: subprocess.Popen[str], wait: float = 120.0) -> di
     return None
 
 
+def serve(args: list[str], port: int, cwd: Path | None = None) -> tuple[dict[str, object] | None, str, str]:
+    """``camlens ARGS`` (a ``serve`` on ``port``) in a process of its own until ``/api/health``
+    answers, then stopped: that answer (None if it never came) and what the server printed."""
+    exe = Path(sys.executable).with_name("camlens")
+    server = subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "COLUMNS": "200"})
+    try:
+        answer = health(port, server)
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    return answer, out, err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -248,14 +262,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_camlens_serve_starts_a_real_server(host: str, tmp_path: Path) -> None:
     port = _free_port()
-    exe = Path(sys.executable).with_name("camlens")
-    server = subprocess.Popen([str(exe), "serve", "--host", host, "--port", str(port), "--device", "cpu"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
-    try:
-        answer = health(port, server)
-    finally:
-        server.terminate()
-        out, err = server.communicate(timeout=60)
+    answer, out, err = serve(["serve", "--host", host, "--port", str(port), "--device", "cpu"], port)
     assert answer is not None and answer["status"] == "ok", out + err
     assert f"http://{host}:{port}/" in out
     assert ("no authentication" in err) == (host == "0.0.0.0"), err

@@ -33,12 +33,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, lens) -> Iterator[str]:  # 
 
     from camlens.samples import write_samples
     from camlens.web.app import Settings, create_app
+    from tests.test_web_runs import make_run
 
     root = tmp_path_factory.mktemp("browser_root")
     write_samples(root / "photos")
-    for label, photo in (("tabby", "chelsea"), ("espresso", "coffee")):  # class sub-folders: right / wrong
-        (root / "pets" / label).mkdir(parents=True)
-        (root / "pets" / label / f"{photo}.png").write_bytes((root / "photos" / f"{photo}.png").read_bytes())
+    make_run(root, lens)  # pets/tabby/chelsea.png, pets/espresso/coffee.png (right / wrong) and their run
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -209,3 +208,38 @@ def test_boxes_from_the_map_follow_the_threshold_in_the_browser(page, samples_di
         drawn = [int(v) for v in page.get_attribute("#grid canvas", "data-box").split(",")]
         box = boxes_from_map(heatmap, float(threshold))[0]
         assert max(abs(a - b) for a, b in zip(drawn, (box.xmin, box.ymin, box.xmax, box.ymax), strict=True)) <= 2, (drawn, box)
+
+
+def test_an_evaluate_run_ranks_methods_sorts_images_and_shows_maps_and_boxes(browser, server: str) -> None:  # type: ignore[no-untyped-def]
+    page = _gallery(browser, server, "runs/pets")
+    page.click("#runlink")
+    page.wait_for_selector("body[data-ready]")
+    page.wait_for_function("() => document.querySelectorAll('#rows tbody tr').length === 2")
+    run = page.evaluate("async () => (await fetch('/api/run?path=runs/pets')).json()")
+    assert page.inner_text("#title") == "pets" and "2 images, classification accuracy 50.0%" in page.inner_text("#about")
+    page.click("#scores th[data-key=deletion_auc]")  # lower is better: ranked up
+    ranked = [tr.get_attribute("data-method") for tr in page.locator("#scores tbody tr").all()]
+    assert ranked == sorted(run["methods"], key=lambda m: run["scores"][m]["deletion_auc"])
+    page.click("#scores th[data-key=insertion_auc]")  # higher is better: ranked down
+    ranked = [tr.get_attribute("data-method") for tr in page.locator("#scores tbody tr").all()]
+    assert ranked == sorted(run["methods"], key=lambda m: -run["scores"][m]["insertion_auc"])
+    assert page.evaluate("() => [...document.querySelectorAll('#pictures img')].map((i) => i.naturalWidth > 0)") == [True] * 2
+    page.select_option("#sort", "probability")
+    page.select_option("#order", "worst")
+    page.wait_for_function("() => document.querySelector('#rows tbody tr').dataset.image === 'pets/tabby/chelsea.png'")
+    page.select_option("#show", "correct")
+    page.wait_for_function("() => document.querySelectorAll('#rows tbody tr').length === 1")
+    assert page.get_attribute("#rows tbody tr", "data-image") == "pets/espresso/coffee.png"
+    assert page.inner_text("#range") == "1-1 of 1 images"
+    row = page.evaluate("async () => (await fetch('/api/run/rows?path=runs/pets&show=correct')).json()")["rows"][0]
+    page.click("#rows tbody tr")
+    page.wait_for_function("() => document.getElementById('detailnote').textContent.includes('true boxes green')")
+    assert page.locator("#views canvas").count() == 3
+    assert page.get_attribute("#views canvas[data-method=gradcam]", "data-box") == ",".join(
+        f"{v:g}" for v in row["boxes"]["gradcam"])
+    plain, coloured = (page.evaluate(f"""() => {{
+        const c = document.querySelector("#views canvas[data-method='{m}']");
+        return Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 101 === 0));
+    }}""") for m in ("", "gradcam"))
+    assert plain != coloured  # the map is drawn over the photo
+    page.context.close()

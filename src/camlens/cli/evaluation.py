@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import tempfile
 from pathlib import Path
@@ -211,6 +212,7 @@ def evaluate(
     from camlens.evaluation.localization import LocalizationProtocol
     from camlens.evaluation.run import FaithfulnessProtocol, dataset
     from camlens.evaluation.run import evaluate as run_evaluation
+    from camlens.models.record import model_spec
 
     if localization and boxes is None:
         localization = False
@@ -236,6 +238,8 @@ def evaluate(
             batch_size=batch_size, examples=examples, per_image=rows, progress=lambda n: bar.advance(task, n),
         )
         result.failed = problems + result.failed + (truth.errors if truth is not None else [])
+        result.source = {**model_spec(model, weights, labels), "data": str(data.resolve()),
+                         "boxes": str(boxes.resolve()) if boxes is not None else None, "cwd": os.getcwd()}
         written = report.write(result, out, rows, title=title or f"{lens.loaded.name} on {data}", overwrite=overwrite)
     caption = f"{result.images} images, accuracy {report.accuracy_text(result)}, layer {result.layer}"
     table = Table(box=box.SIMPLE_HEAD, title=caption)

@@ -145,6 +145,7 @@ def _metrics_json(result: EvalResult) -> dict[str, object]:
             **{m: {k: v.tolist() for k, v in c.items()} for m, c in result.curves.items()},
         },
         "failed": result.failed,
+        "source": result.source,
     }
 
 

@@ -41,6 +41,12 @@ class FaithfulnessProtocol:
     batch_size: int = 64
 
 
+PER_IMAGE_COLUMNS = ("image", "label", "predicted", "probability", "method", "iou", "pointing_hit", "average_drop",
+                     "increase", "deletion_auc", "insertion_auc", "box", "true_boxes", "width", "height")
+"""``per_image.csv``'s columns: one row per image x method. ``box`` is the CAM box found at the
+localization threshold, ``true_boxes`` the image's true boxes (``;``-separated), each as
+``xmin ymin xmax ymax`` in the pixels of the image as read (``width`` x ``height``)."""
+
 DEFAULT_LOCALIZATION = LocalizationProtocol()
 DEFAULT_FAITHFULNESS = FaithfulnessProtocol()
 
@@ -122,6 +128,9 @@ class EvalResult:
     examples: list[Example]
     protocol: dict[str, Any]
     failed: list[str] = field(default_factory=list)
+    source: dict[str, str | None] = field(default_factory=dict)
+    """What was evaluated (model, weights, labels, data and boxes files, working folder), as the
+    web app needs it to reopen the run's images with the run's model; set by the caller."""
 
 
 def dataset(
@@ -213,8 +222,7 @@ def evaluate(
     scores = {m: _MethodScores(localization or LocalizationProtocol()) for m in names}
     writer = csv.writer(per_image) if per_image is not None else None
     if writer is not None:
-        writer.writerow(["image", "label", "predicted", "probability", "method", "iou", "pointing_hit",
-                         "average_drop", "increase", "deletion_auc", "insertion_auc"])
+        writer.writerow(PER_IMAGE_COLUMNS)
     chosen = {int(k) for k in np.linspace(0, len(items) - 1, examples).round()} if examples > 0 and items else set()
     position = {id(item): k for k, item in enumerate(items)}
     kept: dict[int, Example] = {}
@@ -253,7 +261,7 @@ def evaluate(
                 layer_name = next(iter(maps))
                 raw = maps[layer_name]
                 for i, (item, img) in enumerate(loaded):
-                    rows[i, m] = ["", "", "", "", ""]
+                    rows[i, m] = [""] * 7
                     scored = localization is not None and item.label is not None and bool(item.boxes)
                     shown = position[id(item)] in chosen
                     if not (scored or shown):
@@ -265,17 +273,20 @@ def evaluate(
                         outcome = localize(heat, item.boxes_on(img), localization)
                         scores[m].localization.update(outcome, bool(pred[i] == item.label))
                         rows[i, m][:2] = [f"{outcome.iou:.4f}", int(outcome.pointing_hit)]
+                        rows[i, m][6] = box_text([outcome.box] if outcome.box else [])
                         box = outcome.box
                     if shown:
                         _keep(kept, position[id(item)], item, img, lens, int(pred[i]), m, heat, box)
                 if faithful is not None:
                     fractions = _faithfulness(predict, x, raw[:, 1], pred, prep.layout, faithful, scores[m], rows, m)
-            for i, (item, _) in enumerate(loaded):
+            for i, (item, img) in enumerate(loaded):
+                truth_boxes = box_text(item.boxes_on(img)) if item.boxes else ""
                 for m in names:
                     if writer is not None:
                         label = "" if item.label is None else lens.labels[item.label]
                         top = lens.labels[int(pred[i])]
-                        writer.writerow([str(item.path), label, top, f"{probs[i, pred[i]]:.6f}", m, *rows[i, m]])
+                        writer.writerow([str(item.path), label, top, f"{probs[i, pred[i]]:.6f}", m, *rows[i, m],
+                                         truth_boxes, img.width, img.height])
             localized += sum(1 for it, _ in loaded if localization is not None and it.label is not None and it.boxes)
         progress(len(chunk))
     if not seen:
@@ -299,6 +310,11 @@ def evaluate(
         },
         failed=failed,
     )
+
+
+def box_text(boxes: Sequence[Box]) -> str:
+    """Boxes as ``per_image.csv`` writes them: ``xmin ymin xmax ymax``, ``;``-separated."""
+    return ";".join(" ".join(f"{v:.1f}" for v in (b.xmin, b.ymin, b.xmax, b.ymax)) for b in boxes)
 
 
 def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
@@ -335,7 +351,7 @@ def _faithfulness(
     scores.deletion_curve = d if scores.deletion_curve is None else scores.deletion_curve + d
     scores.insertion_curve = ins if scores.insertion_curve is None else scores.insertion_curve + ins
     for i in range(len(x)):
-        rows[i, method][2:] = [f"{drop[i]:.6f}", int(increase[i]), f"{curves.deletion_auc[i]:.6f}",
+        rows[i, method][2:6] = [f"{drop[i]:.6f}", int(increase[i]), f"{curves.deletion_auc[i]:.6f}",
                                f"{curves.insertion_auc[i]:.6f}"]
     return curves.fractions
 

@@ -5,6 +5,7 @@ each other."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camlens.models.labels import Labels
@@ -12,6 +13,16 @@ from camlens.models.preprocess import Preprocessing
 
 if TYPE_CHECKING:
     import torch
+
+
+def model_spec(model: str, weights: str | Path | None = None, labels: str | Path | None = None) -> dict[str, str | None]:
+    """How a model was asked for, comparable across runs and folders: the name as given (a
+    model file, the weights and the labels as absolute paths)."""
+
+    def where(path: str | Path | None) -> str | None:
+        return None if path is None else str(Path(path).resolve())
+
+    return {"model": where(model) if Path(model).is_file() else model, "weights": where(weights), "labels": where(labels)}
 
 
 def framework_of(model: object) -> str | None:

@@ -31,7 +31,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from camlens.errors import CamlensError, ImageError, ImageTooLarge, LayerError, MethodError, ModelError, TargetError
 from camlens.explain import Explanation, Lens
 from camlens.imageio import IMAGE_SUFFIXES, decode_image, find_images, safe_part
+from camlens.models.record import model_spec
 from camlens.models.registry import DEFAULT_MODEL
+from camlens.web.runs import PICTURES, RunError, Runs, page, summary
 
 LOG = logging.getLogger("camlens.web")
 STATIC = Path(__file__).with_name("static")
@@ -50,7 +52,7 @@ class TooLarge(CamlensError):
 
 
 STATUS: list[tuple[type[CamlensError], int]] = [
-    (ImageTooLarge, 413), (TooLarge, 413), (ImageError, 415), (NotFound, 404),
+    (ImageTooLarge, 413), (TooLarge, 413), (ImageError, 415), (NotFound, 404), (RunError, 422),
     (TargetError, 422), (LayerError, 422), (MethodError, 422), (ModelError, 422), (CamlensError, 400),
 ]
 
@@ -94,6 +96,9 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
     app.state.lens, app.state.settings = lens, settings
     busy = threading.BoundedSemaphore(settings.workers)
     local = settings.host in LOCAL
+    runs = Runs()
+    served_spec = model_spec(settings.model, settings.weights, settings.labels)
+    class_index = {name: i for i, name in enumerate(lens.labels.names)}
 
     @app.exception_handler(CamlensError)
     async def _camlens_error(request: Request, exc: CamlensError) -> JSONResponse:
@@ -235,7 +240,8 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
             images = [rel(root, p) for p in find_images(folder, recursive) if inside(root, p)]
         except OSError as exc:
             raise PathError(f"{path}: cannot be listed ({exc.strerror or type(exc).__name__})") from None
-        return {"path": rel(root, folder), "folders": [rel(root, p) for p in subfolders], "images": images}
+        return {"path": rel(root, folder), "folders": [rel(root, p) for p in subfolders], "images": images,
+                "run": (folder / "metrics.json").is_file()}
 
     @app.get("/api/image", response_class=Response)
     def image(path: str, size: Annotated[int, Query(ge=16, le=4096)] = 256) -> Response:
@@ -285,6 +291,66 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
                     "predictions": [p.to_dict() for p in first.predictions],
                     "explanations": [{**described(e), "file": file_stem(name, e)} for e in found]}
 
+    def run_folder(path: str) -> Path:
+        """An evaluate run's folder under the root, none of its files a link out of the root."""
+        folder = confined(root, path, folder=True)
+        assert root is not None
+        for name in ("metrics.json", "per_image.csv", "report.md", *PICTURES):
+            if (folder / name).is_symlink() and not inside(root, folder / name):
+                raise PathError(f"{path}/{name}: a link out of the root")
+        return folder
+
+    def image_under_root(raw: str, source: dict[str, Any]) -> str | None:
+        """A run's image as a path under the root (relative paths are the evaluating
+        process's, in ``source["cwd"]``), or None when it is not there."""
+        assert root is not None
+        where = Path(raw)
+        if not where.is_absolute():
+            where = Path(str(source.get("cwd") or root)) / where
+        return rel(root, where) if where.suffix.lower() in IMAGE_SUFFIXES and inside(root, where) else None
+
+    @app.get("/api/run")
+    def run(path: str) -> dict[str, Any]:
+        """A ``camlens evaluate`` output folder under the root: its scores, protocol and table
+        columns; ``model`` names the run's model, and ``same_model`` says whether the served
+        model is it (then the page shows each image's maps with the run's layer)."""
+        info = summary(run_folder(path), path)
+        source = info.pop("source")
+        named = {k: source.get(k) for k in served_spec}
+        info["model"] = ", ".join(Path(v).name if k != "model" or Path(v).is_absolute() else v
+                                  for k, v in named.items() if v) or None
+        info["same_model"] = bool(source) and named == served_spec
+        return info
+
+    @app.get("/api/run/rows")
+    def run_rows(path: str, sort: str = "", method: str | None = None,
+                 descending: bool = False, show: str = "all", q: str = "",
+                 offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                 ) -> dict[str, Any]:
+        """The run's images, one row each with every method's scores and boxes: those ``show``
+        picks (all, correct or wrong top-1) and matching ``q``, sorted by ``sort`` (a score is
+        ``method``'s), ``limit`` from ``offset``; ``path`` of a row is its image under the root,
+        ``target`` its true class's index in the served model (else its predicted class's)."""
+        folder = run_folder(path)
+        source = summary(folder, path)["source"]
+        total, rows = page(runs.rows(folder, path), sort=sort, method=method, descending=descending, show=show,
+                           query=q, offset=offset, limit=limit)
+        return {"total": total, "offset": offset,
+                "rows": [{**r.to_dict(), "image": under or Path(r.image).name, "path": under,
+                          "target": class_index.get(r.label, class_index.get(r.predicted))}
+                         for r, under in ((r, image_under_root(r.image, source)) for r in rows)]}
+
+    @app.get("/api/run/picture", response_class=FileResponse)
+    def run_picture(path: str, name: str) -> FileResponse:
+        """One of the run's pictures (``curves.png``: mean deletion/insertion curves,
+        ``examples.png``)."""
+        if name not in PICTURES:
+            raise NotFound(f"name: {name!r} is not one of {', '.join(PICTURES)}")
+        file = run_folder(path) / name
+        if not file.is_file():
+            raise NotFound(f"{path}: has no {name}")
+        return FileResponse(file, media_type="image/png")
+
     @app.get("/", response_class=FileResponse)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -292,6 +358,10 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
     @app.get("/gallery", response_class=FileResponse)
     def gallery() -> FileResponse:
         return FileResponse(STATIC / "gallery.html")
+
+    @app.get("/run", response_class=FileResponse)
+    def run_page() -> FileResponse:
+        return FileResponse(STATIC / "run.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

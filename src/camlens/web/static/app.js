@@ -13,15 +13,6 @@ function form(extra) {
   return data;
 }
 
-function loadImage(src) {
-  return new Promise((resolve, reject) => {
-    const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = () => reject(new Error("the browser cannot show this image"));
-    img.src = src;
-  });
-}
-
 async function useSource(source, name) {
   showError("");
   state.source = source;
@@ -87,14 +78,6 @@ async function explain(target) {
   }
 }
 
-async function grayOf(base64png) {
-  const img = await loadImage(`data:image/png;base64,${base64png}`);
-  const canvas = new OffscreenCanvas(img.width, img.height);
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(img, 0, 0);
-  return ctx.getImageData(0, 0, img.width, img.height);
-}
-
 async function loadColormap() {
   const name = $("colormap").value;
   state.lut = (await (await api(`/api/colormap/${encodeURIComponent(name)}`)).json()).lut;
@@ -105,17 +88,7 @@ function paint(canvas, gray) {
   canvas.width = w;
   canvas.height = h;
   const ctx = canvas.getContext("2d");
-  ctx.drawImage(state.picture, 0, 0, w, h);
-  const base = ctx.getImageData(0, 0, w, h);
-  const alpha = parseFloat($("alpha").value);
-  const out = base.data, g = gray.data, lut = state.lut;
-  for (let i = 0; i < out.length; i += 4) {
-    const c = lut[g[i]];
-    out[i] = (1 - alpha) * out[i] + alpha * c[0];
-    out[i + 1] = (1 - alpha) * out[i + 1] + alpha * c[1];
-    out[i + 2] = (1 - alpha) * out[i + 2] + alpha * c[2];
-  }
-  ctx.putImageData(base, 0, 0);
+  blend(ctx, state.picture, gray, state.lut, parseFloat($("alpha").value));
   const threshold = parseFloat($("boxt").value);
   const box = threshold > 0 ? largestBox(gray, threshold) : null;
   canvas.dataset.box = box ? box.join(",") : "";

@@ -78,6 +78,11 @@ async function predictAll() {
 async function setup() {
   $("where").textContent = folder ? `folder ${folder}` : "the root folder";
   const listing = await (await api(`/api/files?path=${encodeURIComponent(folder)}&recursive=true`)).json();
+  if (listing.run) {
+    const a = Object.assign(document.createElement("a"), { id: "runlink", href: `/run?path=${encodeURIComponent(folder)}`,
+      textContent: "this folder is a camlens evaluate run: open its scores" });
+    $("folders").appendChild(a);
+  }
   for (const sub of listing.folders) {
     const a = Object.assign(document.createElement("a"), { href: `/gallery?path=${encodeURIComponent(sub)}`, textContent: sub + "/" });
     $("folders").appendChild(a);
