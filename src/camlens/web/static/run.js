@@ -5,7 +5,7 @@
 "use strict";
 
 const folder = new URLSearchParams(location.search).get("path") || "";
-const view = { run: null, offset: 0, limit: 50, lut: null, rank: null };
+const view = { run: null, offset: 0, limit: 25, lut: null, rank: null, asked: 0, opened: 0 };
 const PER_IMAGE = {
   iou: "IoU", pointing_hit: "Pointing", average_drop: "Drop", increase: "Increase",
   deletion_auc: "Deletion AUC", insertion_auc: "Insertion AUC",
@@ -94,11 +94,12 @@ async function loadRows() {
     path: folder, sort, method: $("method").value, descending: String(Boolean(descending)), show: $("show").value,
     q: $("query").value, offset: String(view.offset), limit: String(view.limit),
   });
+  const asked = ++view.asked;  // an answer to an earlier choice that comes late is dropped
   try {
     const found = await (await api(`/api/run/rows?${params}`)).json();
-    drawRows(found);
+    if (asked === view.asked) drawRows(found);
   } catch (err) {
-    showError(err.message);
+    if (asked === view.asked) showError(err.message);
   }
 }
 
@@ -137,7 +138,7 @@ function strokeBoxes(ctx, boxes, scale, color) {
 
 async function openRow(row) {
   showError("");
-  const run = view.run;
+  const run = view.run, opened = ++view.opened;
   $("detail").hidden = false;
   $("detailtitle").textContent = `${row.image}: ${row.label || "?"} -> ${row.predicted}`;
   $("views").replaceChildren();
@@ -160,6 +161,7 @@ async function openRow(row) {
       if (row.target !== null) body.append("target", String(row.target));
       const result = await (await api("/api/explain", { method: "POST", body })).json();
       for (const e of result.explanations) maps[e.method] = await grayOf(e.map);
+      if (opened !== view.opened) return;  // another row was opened meanwhile
       $("detailnote").textContent = `Maps of ${row.label ? "the true class" : "the predicted class"} at layer ${run.layer}; ` +
         "true boxes green, the method's box red.";
     }
@@ -183,7 +185,7 @@ async function openRow(row) {
       figure.append(canvas, caption);
       return figure;
     }));
-    $("detail").scrollIntoView();
+    $("detail").scrollIntoView({ block: "nearest" });
   } catch (err) {
     showError(err.message);
   }
