@@ -15,7 +15,7 @@ import numpy as np
 
 from camlens import Explainer
 from camlens.core import normalize, upsample
-from camlens.explain import Lens
+from camlens.lens import Lens
 from camlens.samples import SAMPLES, sample_image
 
 

@@ -52,7 +52,7 @@ def _model(name: str) -> tuple[torch.nn.Module, str]:
 
 
 def _input(photo: str) -> torch.Tensor:
-    from camlens.explain import Lens
+    from camlens.lens import Lens
     from camlens.samples import sample_image
 
     return Lens(device="cpu").tensor([sample_image(photo)])  # the bundled model's preprocessing: 224x224

@@ -119,7 +119,7 @@ def _other_sign(model: torch.nn.Module, x: torch.Tensor, method: str, layer: str
 
 
 def main() -> None:
-    from camlens.explain import Lens
+    from camlens.lens import Lens
     from camlens.samples import sample_image
 
     lens = Lens(device="cpu")

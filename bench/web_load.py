@@ -25,8 +25,8 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
-from camlens.explain import Lens
 from camlens.imageio import read_image
+from camlens.lens import Lens
 from camlens.samples import write_samples
 from camlens.web.app import Settings, create_app
 

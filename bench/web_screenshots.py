@@ -31,7 +31,7 @@ from pathlib import Path
 import uvicorn
 from playwright.sync_api import sync_playwright
 
-from camlens.explain import Lens
+from camlens.lens import Lens
 from camlens.samples import write_samples
 from camlens.web.app import Settings, create_app
 

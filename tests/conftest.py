@@ -55,7 +55,7 @@ def deep() -> TinyDeepNet:
 
 @pytest.fixture(scope="session")
 def lens():  # type: ignore[no-untyped-def]
-    from camlens.explain import Lens
+    from camlens.lens import Lens
 
     return Lens(device="cpu")
 

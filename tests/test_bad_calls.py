@@ -17,8 +17,8 @@ from camlens.core.methods import GradCAM
 from camlens.errors import CamlensError, ImageError, LayerError, MethodError, ModelError, TargetError
 from camlens.evaluation.boxes import boxes_from_map
 from camlens.evaluation.localization import LocalizationProtocol, localize
-from camlens.explain import Lens
 from camlens.imageio import read_image
+from camlens.lens import Lens
 from camlens.models.preprocess import Preprocessing
 from camlens.models.registry import resolve_device
 from camlens.render import overlay

@@ -234,7 +234,7 @@ def test_cli_errors_name_flags_where_the_library_names_parameters(small_model: P
 
 def test_method_aliases_are_resolved_once_at_the_edge(small_model: Path, tmp_path: Path) -> None:
     from camlens.evaluation.run import dataset, evaluate
-    from camlens.explain import Lens
+    from camlens.lens import Lens
 
     for i, cls in enumerate(["ant", "bee", "cat"]):
         (tmp_path / "data" / cls).mkdir(parents=True)
@@ -293,3 +293,17 @@ def test_tables_of_names_are_never_cut_to_the_terminal(capsys: pytest.CaptureFix
     print_whole(table)
     lines = capsys.readouterr().out.splitlines()
     assert any(name in line and "(None, 30, 30, 4)" in line for line in lines)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["explain", "--help"], ["evaluate", "--help"], ["serve", "--help"],
+                                  ["methods"], ["targets"]])
+def test_help_and_listings_import_no_framework(args: list[str]) -> None:
+    """``camlens --help`` and the listings start in a fraction of a second: torch, timm, Keras
+    and the web stack are imported only by the commands that use them."""
+    code = ("import sys; from camlens.cli.app import main\n"
+            f"sys.argv = ['camlens', *{args!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = ('torch', 'timm', 'keras', 'tensorflow', 'jax', 'transformers', 'fastapi', 'uvicorn')\n"
+            "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr.strip().splitlines()[-1] == "[]", result.stderr

@@ -9,7 +9,7 @@ from PIL import Image
 from camlens.evaluation.annotations import read_annotations
 from camlens.evaluation.boxes import Box
 from camlens.evaluation.run import Item, dataset
-from camlens.explain import Lens
+from camlens.lens import Lens
 from tests.conftest import TinyGapNet
 
 

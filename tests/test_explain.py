@@ -10,7 +10,7 @@ import torchvision
 
 import camlens
 from camlens.errors import CamlensError, TargetError
-from camlens.explain import Lens
+from camlens.lens import Lens
 from camlens.samples import sample_image
 
 
@@ -83,7 +83,7 @@ def test_features_of_a_layer(lens: Lens) -> None:
 
 
 def test_an_explanation_shows_itself_in_jupyter(lens) -> None:  # type: ignore[no-untyped-def]
-    from camlens.explain import Prediction
+    from camlens.lens import Prediction
     from camlens.samples import sample_image
 
     exp = lens.explain([sample_image("coffee")], "gradcam")[0][0]
@@ -97,7 +97,7 @@ def test_an_explanation_shows_itself_in_jupyter(lens) -> None:  # type: ignore[n
 
 
 def test_a_class_and_its_probability_are_two_explanations_with_their_own_names(tiny) -> None:  # type: ignore[no-untyped-def]
-    from camlens.explain import Lens
+    from camlens.lens import Lens
     from camlens.models.preprocess import Preprocessing
     from camlens.targets import Class, Probability
 

@@ -118,7 +118,7 @@ def test_write_atomic_names_its_temporary_file_for_its_process(tmp_path: Path) -
 
 def test_an_image_that_fails_to_render_leaves_nothing_and_the_others_go_on(lens, samples_dir: Path, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from camlens.explain import Explanation
+    from camlens.lens import Explanation
 
     real = Explanation.panel
 

@@ -208,7 +208,7 @@ def test_ablation_cam_falls_back_to_whole_forwards_when_the_prefix_cannot_be_sha
 def bundled_at_96():  # type: ignore[no-untyped-def]
     """The bundled EfficientNet-Lite0 (1280 channels at bn2) on a real photo at 96x96 (3x3 maps),
     small enough to forward every channel naively."""
-    from camlens.explain import Lens
+    from camlens.lens import Lens
     from camlens.samples import sample_image
 
     lens = Lens(device="cpu")

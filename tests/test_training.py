@@ -18,7 +18,7 @@ from camlens.errors import CamlensError, ModelError
 from camlens.evaluation.annotations import read_annotations
 from camlens.evaluation.boxes import Box, iou
 from camlens.evaluation.run import dataset, evaluate
-from camlens.explain import Lens
+from camlens.lens import Lens
 from camlens.training.fit import TrainConfig, state_path, train
 from tests.test_cli import camlens
 

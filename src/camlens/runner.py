@@ -22,7 +22,6 @@ from camlens import arguments, render
 from camlens.core.augment import Augment
 from camlens.core.record import MAX_BATCH, Progress
 from camlens.errors import CamlensError, ImageError, TargetError
-from camlens.explain import Explanation, Lens, Prediction, TargetSpec
 from camlens.imageio import (
     array_writer,
     clean_leftovers,
@@ -34,6 +33,7 @@ from camlens.imageio import (
     write_atomic,
     write_group,
 )
+from camlens.lens import Explanation, Lens, Prediction, TargetSpec
 
 Writer = Callable[[BinaryIO], object]
 

@@ -244,7 +244,7 @@ def test_torch_backend_leaves_no_grads(batch: np.ndarray) -> None:
 
 
 def test_lens_and_files_with_a_keras_model(tmp_path, batch: np.ndarray) -> None:  # type: ignore[no-untyped-def]
-    from camlens.explain import Lens
+    from camlens.lens import Lens
     from camlens.samples import sample_image
 
     model = small_cnn("softmax")
@@ -327,7 +327,7 @@ def test_evaluation_matches_the_pytorch_twin(tmp_path) -> None:  # type: ignore[
 
     from camlens.evaluation.annotations import read_annotations
     from camlens.evaluation.run import FaithfulnessProtocol, dataset, evaluate
-    from camlens.explain import Lens
+    from camlens.lens import Lens
     from camlens.models import Preprocessing
     from camlens.samples import sample_image
 

@@ -1,6 +1,6 @@
 """What the high-level API needs from a framework, behind one small interface.
 
-:class:`~camlens.explain.Lens` and the CLI talk to a :class:`Backend`; each framework adapter
+:class:`~camlens.lens.Lens` and the CLI talk to a :class:`Backend`; each framework adapter
 provides one. Frameworks are imported only when a model of theirs is used.
 """
 

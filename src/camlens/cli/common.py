@@ -162,7 +162,7 @@ def open_lens(  # type: ignore[no-untyped-def]
     model: str, weights: Path | None, labels: Path | None, device: str, output: str | None = None,
     trust_pickle: bool = False, headless: bool = False, pretrained: bool = True,
 ):
-    from camlens.explain import Lens
+    from camlens.lens import Lens
 
     chosen: int | str | None = int(output) if output is not None and output.isdigit() else output
     with err_console.status(f"loading {model}..."):

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from camlens.evaluation.boxes import Box
-    from camlens.explain import Explanation
+    from camlens.lens import Explanation
 
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="Target layer; default: the last spatial layer.")]
 BoxesOpt = Annotated[Path | None, typer.Option("--boxes", help="True boxes: Pascal VOC XML file/folder, COCO JSON, or CSV.")]

@@ -19,8 +19,8 @@ from camlens.evaluation import faithfulness
 from camlens.evaluation.annotations import Annotations
 from camlens.evaluation.boxes import Box
 from camlens.evaluation.localization import LocalizationMeter, LocalizationProtocol, localize
-from camlens.explain import Lens
 from camlens.imageio import ORIGINAL_SIZE, find_images, read_image
+from camlens.lens import Lens
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from camlens.errors import CamlensError, ImageError, ImageTooLarge, LayerError, MethodError, ModelError, TargetError
-from camlens.explain import Explanation, Lens
 from camlens.imageio import IMAGE_SUFFIXES, decode_image, find_images, safe_part
+from camlens.lens import Explanation, Lens
 from camlens.models.record import model_spec
 from camlens.models.registry import DEFAULT_MODEL
 from camlens.web.runs import PICTURES, RunError, Runs, page, summary
