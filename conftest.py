@@ -39,3 +39,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+    _spread_over_workers(items)
+
+
+ON_THEIR_OWN = "tests/test_keras_backends.py"
+"""Tests that each run for minutes in a process of their own (a Keras backend's whole suite)."""
+
+
+def _spread_over_workers(items: list[pytest.Item]) -> None:
+    """For pytest-xdist's ``--dist loadgroup``: the tests of one file stay together on one worker,
+    in order (they share module fixtures, such as a trained model, and the README commands run
+    in sequence), except the long Keras-backend runs, which go first and one per worker so that
+    both workers end together."""
+    first = [item for item in items if item.nodeid.startswith(ON_THEIR_OWN)]
+    rest = [item for item in items if not item.nodeid.startswith(ON_THEIR_OWN)]
+    for item in rest:
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items[:] = first + rest

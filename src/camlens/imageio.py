@@ -322,9 +322,11 @@ def _umask() -> int:
     return mask
 
 
-def image_writer(dest: Path, image: Image.Image | Callable[[], Image.Image]) -> Callable[[BinaryIO], None]:
+def image_writer(dest: Path, image: Image.Image | Callable[[], Image.Image], png_level: int = 6,
+                 ) -> Callable[[BinaryIO], None]:
     """A writer for :func:`write_group`: ``image`` (or the one ``image()`` renders, at write
-    time) encoded in the format of ``dest``'s suffix (PNG, JPEG, WebP...).
+    time) encoded in the format of ``dest``'s suffix (PNG at zlib level ``png_level``, JPEG
+    and WebP at quality 95...).
 
     Raises:
         CamlensError: the suffix is not an image format.
@@ -332,7 +334,9 @@ def image_writer(dest: Path, image: Image.Image | Callable[[], Image.Image]) -> 
     fmt = Image.registered_extensions().get(dest.suffix.lower())
     if fmt is None:
         raise CamlensError(f"{dest}: unknown image format {dest.suffix!r}; use .png or .jpg")
-    options = {"quality": 95} if fmt in {"JPEG", "WEBP"} else {}
+    options: dict[str, int] = {"quality": 95} if fmt in {"JPEG", "WEBP"} else {}
+    if fmt == "PNG":
+        options["compress_level"] = png_level
 
     def write(fh: BinaryIO) -> None:
         img = image() if callable(image) else image

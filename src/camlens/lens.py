@@ -312,6 +312,7 @@ class Lens:
         max_batch: int = MAX_BATCH,
         progress: Progress | None = None,
         augment: Augment | None = None,
+        prepared: np.ndarray | None = None,
     ) -> list[list[Explanation]]:
         """Explain each image; one forward pass for the batch whatever the number of methods,
         layers and targets.
@@ -335,6 +336,8 @@ class Lens:
                 :data:`camlens.core.record.Progress`).
             augment: average the maps over noisy, flipped or rescaled copies of each image
                 (:class:`camlens.Augment`).
+            prepared: the images already preprocessed by ``lens.loaded.preprocessing`` (as a
+                decoding worker of :mod:`camlens.pipeline` does), used instead of doing it again.
 
         Returns:
             Per image, explanations ordered by target, then method, then layer.
@@ -345,7 +348,10 @@ class Lens:
         request = target if isinstance(target, TargetRequest) else self.parse_targets(target, mask)
         targets = request.for_batch(pictures, self.loaded.preprocessing.input_size)
         explainer = self.explainer(method, layer, fuse, layout, max_batch, augment)
-        result = explainer(self.tensor(pictures), targets, progress=progress)
+        if prepared is not None and len(prepared) != len(pictures):
+            raise CamlensError(f"prepared holds {len(prepared)} inputs for {len(pictures)} images")
+        batch = self.loaded.preprocessing(pictures) if prepared is None else prepared
+        result = explainer(self.backend.to_input(self.loaded, batch), targets, progress=progress)
         probs = result.probabilities
         out: list[list[Explanation]] = []
         for i, picture in enumerate(pictures):

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,26 +21,33 @@ from PIL import Image
 from camlens import arguments, render
 from camlens.core.augment import Augment
 from camlens.core.record import MAX_BATCH, Progress
-from camlens.errors import CamlensError, ImageError, TargetError
+from camlens.errors import CamlensError
 from camlens.imageio import (
     array_writer,
     clean_leftovers,
     image_writer,
     output_path,
-    read_image,
     safe_part,
     unique_stems,
     write_atomic,
     write_group,
 )
 from camlens.lens import Explanation, Lens, Prediction, TargetSpec
+from camlens.pipeline import WRITERS, Behind, default_workers, loaded_batches, readable
 
 Writer = Callable[[BinaryIO], object]
 
 
+IMAGE_FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
+"""Output image formats by name, and the suffix each writes."""
+
+
 @dataclass(frozen=True)
 class RenderOptions:
-    """How explanations become files."""
+    """How explanations become files: ``overlay`` (the map over the image), ``panel``
+    (image, map, overlay side by side), ``save_raw`` (the map at layer resolution as
+    ``.npy``); images as ``image_format`` (png, jpg or webp; PNG at zlib ``png_level``,
+    0 fastest to 9 smallest)."""
 
     colormap: str = "jet"
     alpha: float = 0.5
@@ -48,6 +55,23 @@ class RenderOptions:
     save_raw: bool = False
     image_format: str = "png"
     overwrite: bool = False
+    overlay: bool = True
+    png_level: int = 6
+
+    @property
+    def suffix(self) -> str:
+        return IMAGE_FORMATS[self.image_format.lower()]
+
+    def check(self) -> None:
+        """Refuse options that cannot work, before any output."""
+        render.check_colormap(self.colormap)
+        render.check_alpha(self.alpha)
+        if self.image_format.lower() not in IMAGE_FORMATS:
+            raise CamlensError(f"unknown image format {self.image_format!r}; use png, jpg or webp")
+        if not (isinstance(self.png_level, int) and 0 <= self.png_level <= 9):
+            raise CamlensError(f"PNG compression level must be 0 to 9, not {self.png_level!r}")
+        if not (self.overlay or self.panel or self.save_raw):
+            raise CamlensError("nothing to write: no overlay, no panel and no raw map")
 
 
 @dataclass
@@ -141,8 +165,12 @@ def run(
     max_batch: int = MAX_BATCH,
     steps: Progress | None = None,
     augment: Augment | None = None,
+    workers: int | None = None,
 ) -> RunReport:
-    """Explain every input file, in batches, and write its outputs under ``out``.
+    """Explain every input file, in batches, and write its outputs under ``out``: files are
+    decoded by ``workers`` processes ahead of the model (default
+    :func:`camlens.pipeline.default_workers`: none on the CPU; 0: in this process) and written by threads
+    behind it (see :mod:`camlens.pipeline`).
 
     ``layers`` empty means the automatic layer; with several, file names include the layer
     (and ``fuse`` adds the fused map). With ``target="all"`` each image, method and layer gets
@@ -160,10 +188,7 @@ def run(
     again are within a batch, and ``max_batch`` bounds their inputs per forward; ``augment``
     averages every map over copies of each image (see :meth:`Lens.explain`).
     """
-    render.check_colormap(options.colormap)
-    render.check_alpha(options.alpha)
-    if options.image_format.lower() not in {"png", "jpg", "jpeg"}:
-        raise CamlensError(f"unknown image format {options.image_format!r}; use png or jpg")
+    options.check()
     batch_size, top = arguments.count(batch_size, "batch_size"), arguments.count(top, "top")
     inputs, out = arguments.paths(inputs, "inputs"), arguments.path(out, "out")
     methods = [methods] if isinstance(methods, str) else list(methods)
@@ -180,29 +205,25 @@ def run(
     reports = [ImageReport(p) for p in inputs]
     stems = dict(zip(inputs, unique_stems(list(inputs), root), strict=True))
     tried = len(reports)
-    for start in range(0, len(reports), batch_size):
-        if stop is not None and stop.signal is not None:
-            tried = start
-            break
-        chunk = reports[start : start + batch_size]
-        loaded = []
-        for report in chunk:
-            try:
-                picture = read_image(report.source)
-                request.check(picture)
-                loaded.append((report, picture))
-            except ImageError as exc:
-                report.error = str(exc)
-            except TargetError as exc:
-                report.error = f"{report.source}: {exc}"
-        if loaded:
-            results = lens.explain([img for _, img in loaded], methods, layer_spec, request, top, fuse, layout=layout,
-                                   max_batch=max_batch, progress=steps, augment=augment)
-            for (report, _), explanations in zip(loaded, results, strict=True):
-                report.predictions = explanations[0].predictions
-                write = _write_all_classes if every else _write
-                write(report, explanations, out, stems[report.source], options, multi_layer=len(layers) > 1)
-        progress(len(chunk))
+    write = _write_all_classes if every else _write
+    workers = default_workers(lens.loaded.device) if workers is None else workers
+    batches = loaded_batches(inputs, batch_size, prepare=lens.loaded.preprocessing, check=request.check, workers=workers)
+    with Behind(WRITERS) as behind, closing(batches):
+        for batch in batches:
+            if stop is not None and stop.signal is not None:
+                tried = batch[0].index
+                break
+            for item in batch:
+                reports[item.index].error = item.error
+            loaded, pictures, prepared = readable(batch)
+            if loaded:
+                results = lens.explain(pictures, methods, layer_spec, request, top, fuse, layout=layout,
+                                       max_batch=max_batch, progress=steps, augment=augment, prepared=prepared)
+                for item, explanations in zip(loaded, results, strict=True):
+                    report = reports[item.index]
+                    report.predictions = explanations[0].predictions
+                    behind.submit(write, report, explanations, out, stems[report.source], options, len(layers) > 1)
+            progress(len(batch))
     done, pending = reports[:tried], [r.source for r in reports[tried:]]
     interrupted = stop.signal if stop is not None and pending else None
     news = any(r.outputs or (r.error and not r.existed) for r in done) or interrupted  # not a rerun that changed nothing
@@ -232,7 +253,7 @@ def _write_all_classes(
     groups: dict[tuple[str, str], list[Explanation]] = {}
     for exp in explanations:
         groups.setdefault((exp.method, exp.layer), []).append(exp)
-    ext = "jpg" if options.image_format.lower() in {"jpg", "jpeg"} else "png"
+    ext = options.suffix
     jobs: list[tuple[Path, Writer]] = []
     entries: list[dict[str, object]] = []
     for (method, layer), exps in groups.items():
@@ -241,7 +262,7 @@ def _write_all_classes(
         raw_path, grid_path = output_path(out, f"{base}.npy"), output_path(out, f"{base}.{ext}")
         stack = np.stack([e.raw for e in exps])
         jobs.append((raw_path, array_writer(stack)))
-        jobs.append((grid_path, image_writer(grid_path, partial(_class_grid, exps, stack, options))))
+        jobs.append((grid_path, image_writer(grid_path, partial(_class_grid, exps, stack, options), options.png_level)))
         entries.append({"method": method, "layer": layer, "target": "all", "outputs": [str(raw_path), str(grid_path)]})
     if _write_all_or_none(report, jobs, options.overwrite):
         report.explanations = entries
@@ -278,8 +299,8 @@ def _planned_files(
     """``(path, kind)`` of every file for one explanation; kind is overlay, panel or raw."""
     layer = f"_{safe_part(exp.layer)}" if multi_layer else ""
     base = f"{stem}_{safe_part(exp.method)}{layer}_{exp.tag}"
-    ext = "jpg" if options.image_format.lower() in {"jpg", "jpeg"} else "png"
-    files = [(output_path(out, f"{base}.{ext}"), "overlay")]
+    ext = options.suffix
+    files = [(output_path(out, f"{base}.{ext}"), "overlay")] if options.overlay else []
     if options.panel:
         files.append((output_path(out, f"{base}_panel.{ext}"), "panel"))
     if options.save_raw:
@@ -292,7 +313,7 @@ def _writer(exp: Explanation, kind: str, path: Path, options: RenderOptions) -> 
     if kind == "raw":
         return array_writer(exp.raw)
     render_fn = exp.panel if kind == "panel" else exp.overlay
-    return image_writer(path, lambda: render_fn(options.colormap, options.alpha))
+    return image_writer(path, lambda: render_fn(options.colormap, options.alpha), options.png_level)
 
 
 def _write_summary(

@@ -78,12 +78,22 @@ def explain(
     alpha: Annotated[float, typer.Option("--alpha", help="Heatmap opacity in the overlay, 0..1.")] = 0.5,
     panel: Annotated[bool, typer.Option("--panel", help="Also write original | heatmap | overlay panels.")] = False,
     save_raw: Annotated[bool, typer.Option("--save-raw", help="Also write raw maps (layer resolution) as .npy.")] = False,
-    image_format: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
+    image_format: Annotated[str, typer.Option("--format", help="png, jpg or webp (jpg and webp encode several "
+                                                              "times faster than png).")] = "png",
+    png_level: Annotated[int, typer.Option("--png-level", min=0, max=9,
+                                           help="PNG compression: 0 fastest and largest, 9 smallest.")] = 6,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay",
+                                          help="Write the overlays; --no-overlay writes the raw maps (.npy) instead "
+                                               "(and panels if --panel).")] = True,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/camlens"),
     overwrite: OverwriteOpt = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     max_batch: MaxBatchOpt = MAX_BATCH,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=0, help="Processes that decode and resize images ahead of the model (0: none, in the main "
+                                 "process). Default: 0 with the model on the CPU (its threads use every core), else one per "
+                                 "core beyond the first, at most 4.")] = None,
     smooth: Annotated[int, typer.Option(
         "--smooth", min=0, help="Average every map over this many noisy copies of the image (SmoothGrad: noise 15% of "
                                 "its value range, seeded). 0: off.")] = 0,
@@ -97,11 +107,11 @@ def explain(
     """Explain images: predictions, then a heatmap overlay per method, layer and target."""
     from camlens import runner
 
-    if image_format.lower() not in {"png", "jpg", "jpeg"}:
-        raise CamlensError(f"unknown output format {image_format!r}; use png or jpg")
+    options = runner.RenderOptions(colormap, alpha, panel, save_raw or not overlay, image_format, overwrite, overlay,
+                                   png_level)
+    options.check()
     files, root = expand_inputs(inputs, recursive)
     lens = open_lens(model, weights, labels, device, output, trust_pickle, headless)
-    options = runner.RenderOptions(colormap, alpha, panel, save_raw, image_format, overwrite)
     methods = parse_methods(method)
     augment = Augment(samples=smooth, flips=tta, scales=(0.75, 1.0, 1.25) if tta else (1.0,)) if smooth or tta else None
     steps = any(Need.FORWARDS in get_method(m).needs for m in methods)
@@ -111,7 +121,7 @@ def explain(
             lens, files, out, methods=methods, layers=split(layer), target=target or None, top=top,
             options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
             mask=mask, layout=layout, stop=stop, max_batch=max_batch, steps=step_reporter(bar) if steps else None,
-            augment=augment,
+            augment=augment, workers=workers,
         )
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
