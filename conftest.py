@@ -47,12 +47,8 @@ ON_THEIR_OWN = "tests/test_keras_backends.py"
 
 
 def _spread_over_workers(items: list[pytest.Item]) -> None:
-    """For pytest-xdist's ``--dist loadgroup``: the tests of one file stay together on one worker,
-    in order (they share module fixtures, such as a trained model, and the README commands run
-    in sequence), except the long Keras-backend runs, which go first and one per worker so that
-    both workers end together."""
-    first = [item for item in items if item.nodeid.startswith(ON_THEIR_OWN)]
-    rest = [item for item in items if not item.nodeid.startswith(ON_THEIR_OWN)]
-    for item in rest:
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    items[:] = first + rest
+    """For pytest-xdist's ``--dist loadfile`` (each file's tests on one worker, in order: they
+    share module fixtures such as a trained model, and the README commands run in sequence):
+    the file of long Keras-backend runs goes first, so that both workers end together."""
+    items[:] = [i for i in items if i.nodeid.startswith(ON_THEIR_OWN)] + [i for i in items
+                                                                           if not i.nodeid.startswith(ON_THEIR_OWN)]
