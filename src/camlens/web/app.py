@@ -33,7 +33,7 @@ from camlens.imageio import IMAGE_SUFFIXES, decode_image, find_images, safe_part
 from camlens.lens import Explanation, Lens
 from camlens.models.record import model_spec
 from camlens.models.registry import DEFAULT_MODEL
-from camlens.web.runs import PICTURES, RunError, Runs, page, summary
+from camlens.web.runs import PICTURES, RunError, Runs, page, source_of, summary
 
 LOG = logging.getLogger("camlens.web")
 STATIC = Path(__file__).with_name("static")
@@ -332,7 +332,7 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
         ``method``'s), ``limit`` from ``offset``; ``path`` of a row is its image under the root,
         ``target`` its true class's index in the served model (else its predicted class's)."""
         folder = run_folder(path)
-        source = summary(folder, path)["source"]
+        source = source_of(folder, path)
         total, rows = page(runs.rows(folder, path), sort=sort, method=method, descending=descending, show=show,
                            query=q, offset=offset, limit=limit)
         return {"total": total, "offset": offset,

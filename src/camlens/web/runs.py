@@ -84,6 +84,11 @@ def summary(folder: Path, name: str) -> dict[str, Any]:
             "pictures": [p for p in PICTURES if (folder / p).is_file()]}
 
 
+def source_of(folder: Path, name: str) -> dict[str, Any]:
+    """What the run evaluated (``metrics.json``'s ``source``; empty for runs that predate it)."""
+    return _metrics(folder, name).get("source") or {}
+
+
 def _metrics(folder: Path, name: str) -> dict[str, Any]:
     file = folder / "metrics.json"
     if not file.is_file():
