@@ -24,32 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from camlens.lens import Lens
 from camlens.runner import RenderOptions, run
-from camlens.samples import SAMPLES, sample_image
-
-
-def photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """``count`` photos of about 640x427 from the samples: random crops, flips, rescalings."""
-    rng = np.random.default_rng(seed)
-    sources = [sample_image(name) for name in SAMPLES]
-    paths = []
-    for i in range(count):
-        image = sources[i % len(sources)]
-        w, h = image.size
-        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        crop = image.crop((x, y, x + cw, y + ch)).resize((640, 427), Image.Resampling.BICUBIC)
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        path = folder / f"photo_{i:04d}.jpg"
-        crop.save(path, quality=90)
-        paths.append(path)
-    return paths
+from camlens.samples import generated_photos
 
 
 def model_only(lens: Lens, paths: list[Path], method: str, batch: int = 8) -> tuple[float, float]:
@@ -120,7 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "photos").mkdir()
-        paths = photos(root / "photos", args.images)
+        paths = generated_photos(root / "photos", args.images)
         forward, compute = model_only(lens, paths, args.method)
         workers = "default" if args.workers is None else args.workers
         print(f"{args.images} photos of 640x427 (JPEG), {args.method}, batches of 8, {torch.get_num_threads()} torch "

@@ -133,7 +133,7 @@ def test_an_image_that_fails_to_render_leaves_nothing_and_the_others_go_on(lens,
     report = runner.run(lens, inputs, tmp_path, methods=["cam", "gradcam"], options=options, batch_size=2)
     assert [r.source.name for r in report.failed] == ["rocket.png"]
     assert "rocket.png: cannot render its outputs (MemoryError: no room for the panel)" in str(report.failed[0].error)
-    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("camlens-run-"))
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(("camlens-run-", ".camlens-run")))
     assert len(names) == 12 and not [n for n in names if n.startswith("rocket")] and not leftovers(tmp_path)
     summary = json.loads(report.summary.read_text())  # type: ignore[union-attr]
     assert summary["interrupted"] is None and summary["not_tried"] == [] and len(summary["images"]) == 2

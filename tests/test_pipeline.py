@@ -51,7 +51,7 @@ def test_batches_come_in_order_read_and_prepared_once(folder: list[Path], lens, 
 
 
 def _written(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if not p.name.startswith("camlens-run-")}
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if not p.name.startswith(("camlens-run-", ".camlens-run"))}
 
 
 def test_workers_and_writer_threads_change_no_byte(folder: list[Path], lens, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -156,6 +156,6 @@ def test_long_input_names_get_short_unique_outputs(tmp_path: Path, small_checkpo
     result = camlens("explain", folder, "--model", small_checkpoint, "--target", "top-2", "--panel", "--save-raw",
                      "--out", out, "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    written = [p for p in out.iterdir() if not p.name.startswith("camlens-run-")]
+    written = [p for p in out.iterdir() if not p.name.startswith(("camlens-run-", ".camlens-run"))]
     assert len(written) == 3 * 2 * 3 and all(len(p.name.encode()) <= MAX_NAME_BYTES for p in written)
     assert all(p.resolve().parent == out.resolve() for p in written)

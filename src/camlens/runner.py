@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -21,6 +20,7 @@ from PIL import Image
 from camlens import arguments, render
 from camlens.core.augment import Augment
 from camlens.core.record import MAX_BATCH, Progress
+from camlens.distributed import ALONE, World
 from camlens.errors import CamlensError
 from camlens.imageio import (
     array_writer,
@@ -32,6 +32,7 @@ from camlens.imageio import (
     write_atomic,
     write_group,
 )
+from camlens.ledger import Ledger, open_ledger
 from camlens.lens import Explanation, Lens, Prediction, TargetSpec
 from camlens.pipeline import WRITERS, Behind, default_workers, loaded_batches, readable
 
@@ -166,6 +167,8 @@ def run(
     steps: Progress | None = None,
     augment: Augment | None = None,
     workers: int | None = None,
+    resume: bool = False,
+    world: World = ALONE,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``: files are
     decoded by ``workers`` processes ahead of the model (default
@@ -187,6 +190,13 @@ def run(
     how many inputs each batch finished; ``steps`` how far the methods that run the model
     again are within a batch, and ``max_batch`` bounds their inputs per forward; ``augment``
     averages every map over copies of each image (see :meth:`Lens.explain`).
+
+    The run keeps a ledger in ``out`` (see :mod:`camlens.ledger`): with ``resume``, a run that
+    was stopped or killed with the same settings and inputs does only the batches it had not
+    finished, and its summary is the one an uninterrupted run writes. ``world`` is this
+    process's rank in a ``torchrun`` run (see :mod:`camlens.distributed`): each rank does its
+    share of the batches, file names are decided from the whole list, and rank 0 writes the
+    summary of the whole run and returns its report (the others return theirs).
     """
     options.check()
     batch_size, top = arguments.count(batch_size, "batch_size"), arguments.count(top, "top")
@@ -197,38 +207,102 @@ def run(
     every = request.every
     layer_spec = list(layers) if len(layers) > 1 else layers[0] if layers else None
     lens.explainer(methods, layer_spec, fuse, layout, max_batch, augment)  # bad methods, layers, fusions fail here, first
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CamlensError(f"{out}: cannot create output folder ({exc.strerror or exc})") from exc
-    clean_leftovers(out)
-    reports = [ImageReport(p) for p in inputs]
+    if world.main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CamlensError(f"{out}: cannot create output folder ({exc.strerror or exc})") from exc
+        clean_leftovers(out)  # rank 0 alone, before any rank writes: it cannot tell other machines' live writers
+    settings = {"model": lens.loaded.name, "classes": len(lens.labels), "methods": methods, "layers": layers,
+                "target": str(target), "mask": str(mask), "fuse": fuse, "layout": layout, "top": top,
+                "batch_size": batch_size, "max_batch": max_batch, "augment": repr(augment), "root": str(root),
+                **{k: v for k, v in asdict(options).items() if k != "overwrite"}}
+    ledger = open_ledger(out, settings, inputs, resume, world)
     stems = dict(zip(inputs, unique_stems(list(inputs), root), strict=True))
-    tried = len(reports)
+    mine = world.share(len(inputs), batch_size)
+    share = [i for i in mine if not _block_done(i, batch_size, len(inputs), ledger)]
+    if len(share) < len(mine):
+        progress(len(mine) - len(share))  # done by earlier attempts
+    reports: dict[int, ImageReport] = {}
     write = _write_all_classes if every else _write
     workers = default_workers(lens.loaded.device) if workers is None else workers
-    batches = loaded_batches(inputs, batch_size, prepare=lens.loaded.preprocessing, check=request.check, workers=workers)
-    with Behind(WRITERS) as behind, closing(batches):
-        for batch in batches:
-            if stop is not None and stop.signal is not None:
-                tried = batch[0].index
-                break
-            for item in batch:
-                reports[item.index].error = item.error
-            loaded, pictures, prepared = readable(batch)
-            if loaded:
-                results = lens.explain(pictures, methods, layer_spec, request, top, fuse, layout=layout,
-                                       max_batch=max_batch, progress=steps, augment=augment, prepared=prepared)
-                for item, explanations in zip(loaded, results, strict=True):
-                    report = reports[item.index]
-                    report.predictions = explanations[0].predictions
-                    behind.submit(write, report, explanations, out, stems[report.source], options, len(layers) > 1)
-            progress(len(batch))
-    done, pending = reports[:tried], [r.source for r in reports[tried:]]
-    interrupted = stop.signal if stop is not None and pending else None
-    news = any(r.outputs or (r.error and not r.existed) for r in done) or interrupted  # not a rerun that changed nothing
-    summary = _write_summary(lens, out, methods, done, options, pending, interrupted, augment) if news else None
-    return RunReport(done, summary, pending, interrupted)
+    paths = [inputs[i] for i in share]
+    batches = loaded_batches(paths, batch_size, prepare=lens.loaded.preprocessing, check=request.check, workers=workers)
+    interrupted: int | None = None
+    try:
+        with Behind(WRITERS) as behind, closing(batches):
+            for batch in batches:
+                if stop is not None and stop.signal is not None:
+                    interrupted = stop.signal
+                    break
+                for item in batch:
+                    index = share[item.index]
+                    reports[index] = ImageReport(item.path, error=item.error)
+                    if item.error is not None and index not in ledger.done:
+                        ledger.finish(index, _entry(reports[index]))
+                loaded, pictures, prepared = readable(batch)
+                if loaded:
+                    results = lens.explain(pictures, methods, layer_spec, request, top, fuse, layout=layout,
+                                           max_batch=max_batch, progress=steps, augment=augment, prepared=prepared)
+                    for item, explanations in zip(loaded, results, strict=True):
+                        index = share[item.index]
+                        if index in ledger.done:  # finished by an earlier attempt; its batch is done again whole
+                            continue
+                        report = reports[index]
+                        report.predictions = explanations[0].predictions
+                        behind.submit(_write_and_record, write, report, explanations, out, stems[report.source],
+                                      options, len(layers) > 1, ledger, index)
+                progress(len(batch))
+    finally:
+        ledger.close()
+    news = any(r.outputs or (r.error and not r.existed) for r in reports.values())
+    gathered = world.gather((news, interrupted))
+    if gathered is None:
+        return RunReport([r for _, r in sorted(reports.items())], None, [], interrupted)
+    news = any(n for n, _ in gathered)
+    interrupted = next((s for _, s in gathered if s is not None), None)
+    entries = ledger.finished(len(inputs))
+    merged = [_report(inputs[i], entries[i]) for i in sorted(entries)]
+    pending = [inputs[i] for i in range(len(inputs)) if i not in entries]
+    interrupted = interrupted if pending else None
+    summary_path = out / ledger.summary_name
+    summary = None
+    if news or interrupted or (resume and not pending and not summary_path.exists()):
+        summary = _write_summary(lens, summary_path, methods, merged, options, pending, interrupted, augment)
+        if not pending:
+            ledger.mark_complete()
+    return RunReport(merged, summary, pending, interrupted)
+
+
+def _block_done(index: int, size: int, count: int, ledger: Ledger) -> bool:
+    """Whether every input of ``index``'s block (batch) was finished by an earlier attempt."""
+    start = index - index % size
+    return all(i in ledger.done for i in range(start, min(start + size, count)))
+
+
+def _entry(report: ImageReport) -> dict[str, object]:
+    """One input's record in the ledger and the summary."""
+    if report.error:
+        return {"source": str(report.source), "error": report.error, **({"existed": True} if report.existed else {})}
+    return {"source": str(report.source), "predictions": [p.to_dict() for p in report.predictions],
+            "explanations": report.explanations, "outputs": [str(p) for p in report.outputs]}
+
+
+def _report(source: Path, entry: dict[str, Any]) -> ImageReport:
+    """An input's report as the ledger recorded it."""
+    predictions = [Prediction(p["index"], p["label"], p["probability"]) for p in entry.get("predictions", [])]
+    return ImageReport(source, predictions, entry.get("explanations", []), [Path(p) for p in entry.get("outputs", [])],
+                       entry.get("error"), bool(entry.get("existed")))
+
+
+def _write_and_record(write: Callable[..., None], report: ImageReport, explanations: list[Explanation], out: Path,
+                      stem: str, options: RenderOptions, multi_layer: bool, ledger: Ledger, index: int) -> None:
+    """Write one image's files, noted in the ledger before and after; files that an earlier
+    attempt of this run had begun to write are replaced."""
+    if ledger.begin(index) and not options.overwrite:
+        options = replace(options, overwrite=True)
+    write(report, explanations, out, stem, options, multi_layer)
+    ledger.finish(index, _entry(report))
 
 
 def _write(
@@ -317,7 +391,7 @@ def _writer(exp: Explanation, kind: str, path: Path, options: RenderOptions) -> 
 
 
 def _write_summary(
-    lens: Lens, out: Path, methods: Sequence[str], reports: list[ImageReport], options: RenderOptions,
+    lens: Lens, path: Path, methods: Sequence[str], reports: list[ImageReport], options: RenderOptions,
     pending: list[Path], interrupted: int | None, augment: Augment | None = None,
 ) -> Path:
     summary = {
@@ -340,12 +414,4 @@ def _write_summary(
         "not_tried": [str(p) for p in pending],
     }
     data = json.dumps(summary, indent=2).encode()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        path = out / (f"camlens-run-{stamp}.json" if n == 0 else f"camlens-run-{stamp}-{n}.json")
-        try:
-            return write_atomic(path, lambda fh: fh.write(data))
-        except CamlensError:
-            if not path.exists():
-                raise
-    raise CamlensError(f"{out}: too many run summaries named camlens-run-{stamp}*.json")
+    return write_atomic(path, lambda fh: fh.write(data), overwrite=True)  # the name is this run's (see the ledger)

@@ -38,3 +38,27 @@ def write_samples(folder: str | Path, overwrite: bool = False) -> list[Path]:
             save_image(sample_image(name), path, overwrite)
         paths.append(path)
     return paths
+
+
+def generated_photos(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (640, 427)) -> list[Path]:
+    """``count`` distinct photo-like JPEG files of ``size`` made from the samples (random crops,
+    flips, rescalings and per-channel colour gains), for benchmarks and tests at scale."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sources = [sample_image(name).convert("RGB") for name in SAMPLES]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image = sources[i % len(sources)]
+        w, h = image.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = image.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = np.clip(np.asarray(crop, dtype=np.float32) * rng.uniform(0.8, 1.2, 3), 0, 255).astype(np.uint8)
+        path = folder / f"photo_{i:04d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths

@@ -87,6 +87,9 @@ def explain(
                                                "(and panels if --panel).")] = True,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/camlens"),
     overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Finish the last run into --out (stopped, killed, or a rank that died) with the same settings "
+                         "and inputs: only what it had not done.")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     max_batch: MaxBatchOpt = MAX_BATCH,
@@ -104,25 +107,34 @@ def explain(
     output: OutputOpt = None,
     headless: HeadlessOpt = False,
 ) -> None:
-    """Explain images: predictions, then a heatmap overlay per method, layer and target."""
+    """Explain images: predictions, then a heatmap overlay per method, layer and target.
+
+    Under torchrun (`torchrun --nproc_per_node=N -m camlens explain ...`) each process does its
+    share of the batches on its own device and rank 0 writes the one summary.
+    """
     from camlens import runner
+    from camlens.distributed import joined
 
     options = runner.RenderOptions(colormap, alpha, panel, save_raw or not overlay, image_format, overwrite, overlay,
                                    png_level)
     options.check()
     files, root = expand_inputs(inputs, recursive)
-    lens = open_lens(model, weights, labels, device, output, trust_pickle, headless)
     methods = parse_methods(method)
     augment = Augment(samples=smooth, flips=tta, scales=(0.75, 1.0, 1.25) if tta else (1.0,)) if smooth or tta else None
     steps = any(Need.FORWARDS in get_method(m).needs for m in methods)
-    with runner.stop_on_signals(stopping) as stop, progress_bar(len(files), steps) as bar:
-        task = bar.add_task("explaining", total=len(files))
-        report = runner.run(
-            lens, files, out, methods=methods, layers=split(layer), target=target or None, top=top,
-            options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
-            mask=mask, layout=layout, stop=stop, max_batch=max_batch, steps=step_reporter(bar) if steps else None,
-            augment=augment, workers=workers,
-        )
+    with joined() as world:
+        lens = open_lens(model, weights, labels, world.device(device), output, trust_pickle, headless)
+        shown = len(world.share(len(files), batch_size)) if world.main else 0  # one progress bar: rank 0's
+        with runner.stop_on_signals(stopping) as stop, progress_bar(shown, steps and world.main) as bar:
+            task = bar.add_task("explaining", total=shown)
+            report = runner.run(
+                lens, files, out, methods=methods, layers=split(layer), target=target or None, top=top,
+                options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), fuse=fuse,
+                mask=mask, layout=layout, stop=stop, max_batch=max_batch, steps=step_reporter(bar) if steps else None,
+                augment=augment, workers=workers, resume=resume, world=world,
+            )
+    if not world.main:
+        return
     _print_predictions(report.images, top)
     written = sum(len(r.outputs) for r in report.images)
     summary = f" (summary: {report.summary})" if report.summary else ""

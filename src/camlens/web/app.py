@@ -236,7 +236,7 @@ def create_app(settings: Settings, lens: Lens | None = None) -> FastAPI:
         folder = confined(root, path, folder=True)
         assert root is not None
         try:
-            subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and inside(root, p))
+            subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and inside(root, p))
             images = [rel(root, p) for p in find_images(folder, recursive) if inside(root, p)]
         except OSError as exc:
             raise PathError(f"{path}: cannot be listed ({exc.strerror or type(exc).__name__})") from None
