@@ -68,13 +68,28 @@ def summary(out: Path) -> dict[str, object]:
     return json.loads(path.read_text().replace(str(out), "OUT"))  # type: ignore[no-any-return]
 
 
+def stored(out: Path) -> dict[str, np.ndarray]:
+    """Every array of the run's map store."""
+    import zarr
+
+    group = zarr.open_group(str(out / "maps.zarr"), mode="r")
+    return {name: array[...] for name, array in group.arrays()} | {
+        f"maps/{m}/{layer}": array[...] for m, sub in group["maps"].groups() for layer, array in sub.arrays()}
+
+
+def same_store(a: Path, b: Path) -> bool:
+    left, right = stored(a), stored(b)
+    return left.keys() == right.keys() and all(
+        np.array_equal(left[k], right[k], equal_nan=left[k].dtype.kind == "f") for k in left)
+
+
 def explain(folder: Path, out: Path, model: Path, *extra: str, torchrun: int = 0) -> subprocess.Popen[str]:
     head = [str(BIN / "camlens")]
     if torchrun:
         head = [str(BIN / "torchrun"), f"--nproc_per_node={torchrun}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint=localhost:{free_port()}", "-m", "camlens"]
     return subprocess.Popen(
-        [*head, "explain", str(folder), "--model", str(model), "--method", "gradcam,cam", "--save-raw", "--panel",
+        [*head, "explain", str(folder), "--model", str(model), "--method", "gradcam,cam", "--save-raw", "--panel", "--store",
          "--batch-size", "4", "--out", str(out), "--device", "cpu", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )
@@ -123,7 +138,7 @@ def test_a_run_killed_at_any_point_is_finished_by_resume_with_the_same_outputs(
     assert not list(out.glob("camlens-run-*.json"))  # a killed run writes no summary
     code, stderr = finished(explain(folder, out, small, "--resume"))
     assert code == 1 and "p001.jpg" in stderr
-    assert outputs(out) == outputs(reference)
+    assert outputs(out) == outputs(reference) and same_store(out, reference)
     assert summary(out) == summary(reference)
     again = explain(folder, out, small, "--resume")  # nothing left to do: nothing changes
     assert finished(again)[0] == 1 and outputs(out) == outputs(reference) and len(list(out.glob("camlens-run-*"))) == 1
@@ -178,7 +193,7 @@ def test_torchrun_ranks_write_what_one_process_writes(small: Path, whole: tuple[
     code, stderr = finished(explain(folder, out, small, torchrun=2))
     assert code == 1 and "p001.jpg: not an image" in stderr and ours_untraced(stderr), stderr
     assert {n.split("_gradcam")[0] for n in outputs(out)} >= {"p000_jpg", "p000_png"}  # apart, though on two ranks
-    assert outputs(out) == outputs(reference)
+    assert outputs(out) == outputs(reference) and same_store(out, reference)
     assert summary(out) == summary(reference)
     assert sorted(p.name for p in (out / FOLDER).iterdir()) == ["rank-0.jsonl", "rank-1.jsonl", "run.json"]
 
@@ -200,4 +215,32 @@ def test_a_rank_that_dies_fails_the_run_and_resume_completes_it(
     assert len(outputs(out)) < len(outputs(reference))
     code, stderr = finished(explain(folder, out, small, "--resume", torchrun=2))
     assert code == 1 and "p001.jpg" in stderr, stderr
-    assert outputs(out) == outputs(reference) and summary(out) == summary(reference)
+    assert outputs(out) == outputs(reference) and summary(out) == summary(reference) and same_store(out, reference)
+
+
+def test_the_map_store_holds_every_raw_map_with_paths_targets_and_predictions(small: Path, tmp_path: Path) -> None:
+    import zarr
+
+    lens = Lens(small, device="cpu")
+    paths = sorted(pictures(tmp_path / "in", 7).iterdir())
+    files = runner.run(lens, paths, tmp_path / "files", methods=["gradcam", "cam"], target="top-2",
+                       options=runner.RenderOptions(overlay=False, save_raw=True), batch_size=3)
+    runner.run(lens, paths, tmp_path / "out", methods=["gradcam", "cam"], target="top-2",
+               options=runner.RenderOptions(overlay=False, store=True), batch_size=3)
+    assert not list((tmp_path / "out").glob("*.npy"))
+    group = zarr.open_group(str(tmp_path / "out" / "maps.zarr"), mode="r")
+    assert list(group["paths"][:]) == [str(p) for p in paths] and group.attrs["labels"] == ["ant", "bee", "cat"]
+    bad = paths.index(tmp_path / "in" / "p001.jpg")
+    assert list(group["done"][:]) == [i != bad for i in range(len(paths))]
+    maps = group["maps/gradcam/" + files.images[0].explanations[0]["layer"]]
+    assert maps.shape[:2] == (len(paths), 2) and maps.chunks[0] == 3 and np.isnan(maps[bad]).all()
+    for i, report in enumerate(files.images):
+        if report.error:
+            continue
+        assert [p.index for p in report.predictions] == list(group["predicted"][i])
+        for entry in report.explanations:
+            slot = [t for t in group["targets"][i]].index(entry["target"]["index"])
+            raw = group[f"maps/{entry['method']}/{entry['layer']}"][i, slot]
+            np.testing.assert_array_equal(raw, np.load(entry["outputs"][0]))
+    with pytest.raises(CamlensError, match=r"maps.zarr: exists; pass overwrite=True to replace it, or resume=True"):
+        runner.run(lens, paths, tmp_path / "out", methods=["gradcam"], options=runner.RenderOptions(store=True))

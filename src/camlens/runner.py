@@ -17,9 +17,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from camlens import arguments, render
+from camlens import arguments, mapstore, render
 from camlens.core.augment import Augment
 from camlens.core.record import MAX_BATCH, Progress
+from camlens.core.targets import AllClasses, Top
 from camlens.distributed import ALONE, World
 from camlens.errors import CamlensError
 from camlens.imageio import (
@@ -33,7 +34,7 @@ from camlens.imageio import (
     write_group,
 )
 from camlens.ledger import Ledger, open_ledger
-from camlens.lens import Explanation, Lens, Prediction, TargetSpec
+from camlens.lens import Explanation, Lens, Prediction, TargetRequest, TargetSpec
 from camlens.pipeline import WRITERS, Behind, default_workers, loaded_batches, readable
 
 Writer = Callable[[BinaryIO], object]
@@ -47,8 +48,9 @@ IMAGE_FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
 class RenderOptions:
     """How explanations become files: ``overlay`` (the map over the image), ``panel``
     (image, map, overlay side by side), ``save_raw`` (the map at layer resolution as
-    ``.npy``); images as ``image_format`` (png, jpg or webp; PNG at zlib ``png_level``,
-    0 fastest to 9 smallest)."""
+    ``.npy``), ``store`` (every raw map of the run in one Zarr store, see
+    :mod:`camlens.mapstore`); images as ``image_format`` (png, jpg or webp; PNG at zlib
+    ``png_level``, 0 fastest to 9 smallest)."""
 
     colormap: str = "jet"
     alpha: float = 0.5
@@ -58,6 +60,7 @@ class RenderOptions:
     overwrite: bool = False
     overlay: bool = True
     png_level: int = 6
+    store: bool = False
 
     @property
     def suffix(self) -> str:
@@ -71,8 +74,8 @@ class RenderOptions:
             raise CamlensError(f"unknown image format {self.image_format!r}; use png, jpg or webp")
         if not (isinstance(self.png_level, int) and 0 <= self.png_level <= 9):
             raise CamlensError(f"PNG compression level must be 0 to 9, not {self.png_level!r}")
-        if not (self.overlay or self.panel or self.save_raw):
-            raise CamlensError("nothing to write: no overlay, no panel and no raw map")
+        if not (self.overlay or self.panel or self.save_raw or self.store):
+            raise CamlensError("nothing to write: no overlay, no panel, no raw map and no map store")
 
 
 @dataclass
@@ -217,7 +220,12 @@ def run(
                 "target": str(target), "mask": str(mask), "fuse": fuse, "layout": layout, "top": top,
                 "batch_size": batch_size, "max_batch": max_batch, "augment": repr(augment), "root": str(root),
                 **{k: v for k, v in asdict(options).items() if k != "overwrite"}}
+    store_path = out / mapstore.NAME
+    if options.store and not resume and not options.overwrite and store_path.exists():
+        raise CamlensError(f"{store_path}: exists; pass overwrite=True to replace it, or resume=True to finish its run")
     ledger = open_ledger(out, settings, inputs, resume, world)
+    store = _open_store(lens, store_path, inputs, request, methods, layer_spec, layers, top, fuse, layout, batch_size,
+                        augment, ledger, world) if options.store else None
     stems = dict(zip(inputs, unique_stems(list(inputs), root), strict=True))
     mine = world.share(len(inputs), batch_size)
     share = [i for i in mine if not _block_done(i, batch_size, len(inputs), ledger)]
@@ -244,6 +252,9 @@ def run(
                 if loaded:
                     results = lens.explain(pictures, methods, layer_spec, request, top, fuse, layout=layout,
                                            max_batch=max_batch, progress=steps, augment=augment, prepared=prepared)
+                    if store is not None:  # before the ledger says any of them is done
+                        store.write(share[batch[0].index], len(batch),
+                                    {share[item.index]: exps for item, exps in zip(loaded, results, strict=True)})
                     for item, explanations in zip(loaded, results, strict=True):
                         index = share[item.index]
                         if index in ledger.done:  # finished by an earlier attempt; its batch is done again whole
@@ -255,7 +266,7 @@ def run(
                 progress(len(batch))
     finally:
         ledger.close()
-    news = any(r.outputs or (r.error and not r.existed) for r in reports.values())
+    news = any(r.explanations or (r.error and not r.existed) for r in reports.values())
     gathered = world.gather((news, interrupted))
     if gathered is None:
         return RunReport([r for _, r in sorted(reports.items())], None, [], interrupted)
@@ -272,6 +283,46 @@ def run(
         if not pending:
             ledger.mark_complete()
     return RunReport(merged, summary, pending, interrupted)
+
+
+def _open_store(lens: Lens, path: Path, inputs: Sequence[Path], request: TargetRequest, methods: list[str],
+                layer_spec: str | list[str] | None, layers: list[str], top: int, fuse: str | None, layout: str | None,
+                block: int, augment: Augment | None, ledger: Ledger, world: World) -> mapstore.MapStore:
+    """The run's map store: rank 0 creates it (its maps shaped like those of the first input it
+    can read) unless this run is resumed with its store there; the others open it then."""
+    made: str | None = None
+    if world.main and not (ledger.state["attempt"] > 0 and path.exists()):
+        try:
+            sample = _first_explained(lens, inputs, request, methods, layer_spec, top, fuse, layout, augment)
+            about = {"model": lens.loaded.name, "labels": list(lens.labels.names), "methods": methods, "layers": layers,
+                     "fuse": fuse, "target": [str(t) for t in request.targets]}
+            mapstore.MapStore.create(path, inputs, sample, slots=_slots(request, len(lens.labels)),
+                                     top=min(top, len(lens.labels)), block=block,
+                                     about=about)
+        except CamlensError as exc:
+            made = str(exc)
+    made = world.broadcast(made)
+    if made is not None:
+        raise CamlensError(made)
+    return mapstore.MapStore.open(path)
+
+
+def _first_explained(lens: Lens, inputs: Sequence[Path], request: TargetRequest, methods: list[str],
+                     layer_spec: str | list[str] | None, top: int, fuse: str | None, layout: str | None,
+                     augment: Augment | None) -> list[Explanation]:
+    """The explanations of the first input that can be read (the shapes of the run's maps)."""
+    for batch in loaded_batches(inputs, 1, check=request.check, workers=0):
+        if batch[0].picture is not None:
+            return lens.explain([batch[0].picture], methods, layer_spec, request, top, fuse, layout=layout,
+                                augment=augment)[0]
+    raise CamlensError("no input can be read")
+
+
+def _slots(request: TargetRequest, classes: int) -> int:
+    """The most targets one image can get: ``k`` for top-k, every class for ``all``, else one
+    per target and box."""
+    count = sum(t.k if isinstance(t, Top) else classes if isinstance(t, AllClasses) else 1 for t in request.targets)
+    return max(1, count + len(request.boxes))
 
 
 def _block_done(index: int, size: int, count: int, ledger: Ledger) -> bool:

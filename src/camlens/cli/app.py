@@ -46,6 +46,7 @@ from camlens.core.augment import Augment
 from camlens.core.methods import get_method, method_table
 from camlens.core.record import MAX_BATCH, Need
 from camlens.errors import CamlensError, ImageError, Interrupted, ModelFailure
+from camlens.mapstore import NAME as MAP_STORE
 
 
 @app.command()
@@ -86,6 +87,9 @@ def explain(
                                           help="Write the overlays; --no-overlay writes the raw maps (.npy) instead "
                                                "(and panels if --panel).")] = True,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/camlens"),
+    store: Annotated[bool, typer.Option(
+        "--store", help=f"Also write every raw map into one chunked Zarr store, --out/{MAP_STORE} (opened lazily, with the "
+                        "image paths, targets and predictions); with --no-overlay, instead of .npy files.")] = False,
     overwrite: OverwriteOpt = False,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Finish the last run into --out (stopped, killed, or a rank that died) with the same settings "
@@ -115,8 +119,8 @@ def explain(
     from camlens import runner
     from camlens.distributed import joined
 
-    options = runner.RenderOptions(colormap, alpha, panel, save_raw or not overlay, image_format, overwrite, overlay,
-                                   png_level)
+    options = runner.RenderOptions(colormap, alpha, panel, save_raw or not (overlay or store), image_format, overwrite,
+                                   overlay, png_level, store)
     options.check()
     files, root = expand_inputs(inputs, recursive)
     methods = parse_methods(method)
