@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -200,6 +201,10 @@ def evaluate(
     title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/evaluate"),
     overwrite: OverwriteOpt = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=0, help="Processes that decode and resize images ahead of the model (0: none, in the main "
+                                 "process). Default: 0 with the model on the CPU (its threads use every core), else one per "
+                                 "core beyond the first, at most 4.")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Score methods on a labelled dataset: localization and faithfulness, in one table.
@@ -207,7 +212,12 @@ def evaluate(
     Top-1 and GT-known Loc, MaxBoxAccV2, pointing game (with --boxes); Average Drop, Increase in
     Confidence, Deletion and Insertion AUC. Writes metrics.csv, metrics.json, per_image.csv,
     curves.png, examples.png and report.md to --out.
+
+    Under torchrun (torchrun --nproc_per_node=N -m camlens evaluate ...) each process scores
+    its share of the batches (on GPU local_rank when there are GPUs and --device is auto) and
+    rank 0 writes the files, the same as one process writes.
     """
+    from camlens.distributed import joined
     from camlens.evaluation import report
     from camlens.evaluation.localization import LocalizationProtocol
     from camlens.evaluation.run import FaithfulnessProtocol, dataset
@@ -225,22 +235,39 @@ def evaluate(
         raise CamlensError("--threshold in [0, 1], --iou in (0, 1], --maxbox-step in (0, 1), --pointing-tolerance >= 0")
     if steps is not None and steps < 1:
         raise CamlensError("--steps must be at least 1")
-    report.check_free(out, overwrite)
-    truth = _annotations(boxes, boxes_format)
-    lens = open_lens(model, weights, labels, device, trust_pickle=trust_pickle)
-    items, problems = dataset(data, lens, truth, limit)
-    loc = LocalizationProtocol(threshold, iou, maxbox_step=maxbox_step, pointing_tolerance=pointing_tolerance)
-    faith = FaithfulnessProtocol(steps, deletion_baseline, insertion_baseline) if faithfulness else None
-    with tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="") as rows, progress_bar(len(items)) as bar:
-        task = bar.add_task("evaluating", total=len(items))
-        result = run_evaluation(
-            lens, items, parse_methods(method), layer, localization=loc if localization else None, faithful=faith,
-            batch_size=batch_size, examples=examples, per_image=rows, progress=lambda n: bar.advance(task, n),
-        )
-        result.failed = problems + result.failed + (truth.errors if truth is not None else [])
-        result.source = {**model_spec(model, weights, labels), "data": str(data.resolve()),
-                         "boxes": str(boxes.resolve()) if boxes is not None else None, "cwd": os.getcwd()}
-        written = report.write(result, out, rows, title=title or f"{lens.loaded.name} on {data}", overwrite=overwrite)
+    with joined() as world:
+        refused = None
+        if world.main:  # rank 0 alone, then the others: none may find the files rank 0 is about to write
+            try:
+                report.check_free(out, overwrite)
+            except CamlensError as exc:
+                refused = str(exc)
+        refused = world.broadcast(refused)
+        if refused is not None:
+            if world.main:
+                raise CamlensError(refused)
+            raise typer.Exit(2)  # rank 0 says why
+        truth = _annotations(boxes, boxes_format)
+        lens = open_lens(model, weights, labels, world.device(device), trust_pickle=trust_pickle)
+        items, problems = dataset(data, lens, truth, limit)
+        loc = LocalizationProtocol(threshold, iou, maxbox_step=maxbox_step, pointing_tolerance=pointing_tolerance)
+        faith = FaithfulnessProtocol(steps, deletion_baseline, insertion_baseline) if faithfulness else None
+        mine = len(world.share(len(items), max(batch_size, 1))) if world.size > 1 else len(items)
+        with (tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="") if world.main else nullcontext()
+              as rows, progress_bar(mine if world.main else 0) as bar):
+            task = bar.add_task("evaluating", total=mine)
+            result = run_evaluation(
+                lens, items, parse_methods(method), layer, localization=loc if localization else None, faithful=faith,
+                batch_size=batch_size, examples=examples, per_image=rows, progress=lambda n: bar.advance(task, n),
+                workers=workers, world=world,
+            )
+            if result is None or rows is None:  # not rank 0: rank 0 writes and tells
+                return
+            result.failed = problems + result.failed + (truth.errors if truth is not None else [])
+            result.source = {**model_spec(model, weights, labels), "data": str(data.resolve()),
+                             "boxes": str(boxes.resolve()) if boxes is not None else None, "cwd": os.getcwd()}
+            written = report.write(result, out, rows, title=title or f"{lens.loaded.name} on {data}",
+                                   overwrite=overwrite)
     caption = f"{result.images} images, accuracy {report.accuracy_text(result)}, layer {result.layer}"
     table = Table(box=box.SIMPLE_HEAD, title=caption)
     head, *body = report.table_rows(result, short=True)

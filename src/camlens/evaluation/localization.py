@@ -117,6 +117,17 @@ class LocalizationMeter:
         self.pointing += outcome.pointing_hit
         self.hits += outcome.maxbox_hits
 
+    def merge(self, other: LocalizationMeter) -> None:
+        """Add ``other``'s images (scored with the same protocol) to these: counts and hits are
+        integers, so any split of a dataset merges to the scores of one pass."""
+        if other.protocol != self.protocol:
+            raise CamlensError("cannot merge localization scores of different protocols")
+        self.count += other.count
+        self.top1 += other.top1
+        self.gt_known += other.gt_known
+        self.pointing += other.pointing
+        self.hits += other.hits
+
     def summary(self) -> dict[str, float]:
         """Percentages: ``top1_loc`` (right class and IoU >= ``iou``), ``gt_known_loc``
         (IoU >= ``iou`` with the true class's map), ``maxboxacc_v2`` (mean over IoU thresholds of

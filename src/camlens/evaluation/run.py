@@ -4,23 +4,30 @@ scores accumulated in constant memory, per-image rows streamed to a CSV file."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+import io
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
 import numpy as np
 from PIL import Image
 
 from camlens.core.maps import normalize, upsample
 from camlens.core.methods import Method, methods_from
-from camlens.errors import CamlensError, ImageError, TargetError
+from camlens.distributed import ALONE, World
+from camlens.errors import CamlensError, TargetError
 from camlens.evaluation import faithfulness
 from camlens.evaluation.annotations import Annotations
 from camlens.evaluation.boxes import Box
-from camlens.evaluation.localization import LocalizationMeter, LocalizationProtocol, localize
-from camlens.imageio import ORIGINAL_SIZE, find_images, read_image
+from camlens.evaluation.localization import LocalizationProtocol, localize
+from camlens.evaluation.meters import MethodMeter
+from camlens.imageio import ORIGINAL_SIZE, find_images
 from camlens.lens import Lens
+from camlens.pipeline import default_workers, loaded_batches, readable
 
 
 @dataclass(frozen=True)
@@ -82,34 +89,6 @@ class Example:
     boxes: list[Box]
     heatmaps: dict[str, np.ndarray]
     found: dict[str, Box | None]
-
-
-class _MethodScores:
-    """Everything accumulated for one method."""
-
-    def __init__(self, protocol: LocalizationProtocol) -> None:
-        self.localization = LocalizationMeter(protocol)
-        self.faithful = 0
-        self.drop = 0.0
-        self.increase = 0
-        self.deletion = 0.0
-        self.insertion = 0.0
-        self.deletion_curve: np.ndarray | None = None
-        self.insertion_curve: np.ndarray | None = None
-
-    def summary(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self.localization.count:
-            out.update(self.localization.summary())
-        if self.faithful:
-            n = self.faithful
-            out.update(
-                average_drop=100.0 * self.drop / n,
-                increase_in_confidence=100.0 * self.increase / n,
-                deletion_auc=self.deletion / n,
-                insertion_auc=self.insertion / n,
-            )
-        return out
 
 
 @dataclass
@@ -190,6 +169,24 @@ def _same_class(lens: Lens, name: str, label: int) -> bool:
         return False
 
 
+@overload
+def evaluate(
+    lens: Lens, items: Sequence[Item], methods: str | Method | Sequence[str | Method], layer: str | None = None, *,
+    localization: LocalizationProtocol | None = ..., faithful: FaithfulnessProtocol | None = ..., batch_size: int = ...,
+    examples: int = ..., per_image: IO[str] | None = ..., progress: Callable[[int], None] = ...,
+    workers: int | None = ..., world: None = None,
+) -> EvalResult: ...
+
+
+@overload
+def evaluate(
+    lens: Lens, items: Sequence[Item], methods: str | Method | Sequence[str | Method], layer: str | None = None, *,
+    localization: LocalizationProtocol | None = ..., faithful: FaithfulnessProtocol | None = ..., batch_size: int = ...,
+    examples: int = ..., per_image: IO[str] | None = ..., progress: Callable[[int], None] = ...,
+    workers: int | None = ..., world: World,
+) -> EvalResult | None: ...
+
+
 def evaluate(
     lens: Lens,
     items: Sequence[Item],
@@ -202,124 +199,298 @@ def evaluate(
     examples: int = 6,
     per_image: IO[str] | None = None,
     progress: Callable[[int], None] = lambda n: None,
-) -> EvalResult:
+    workers: int | None = None,
+    world: World | None = None,
+) -> EvalResult | None:
     """Score ``methods`` (names, any alias, or :class:`~camlens.core.methods.Method` objects;
     results are keyed by canonical name) on ``items``, ``batch_size`` images at a time; keep
-    ``examples`` images, spread evenly over ``items``, for the report.
+    ``examples`` images, spread evenly over ``items``, for the report; write one
+    :data:`PER_IMAGE_COLUMNS` row per image and method to ``per_image``, header first.
 
     Localization uses each image's true-class map (images without a class or boxes are skipped
     for it); faithfulness uses the predicted class's map (Grad-CAM++ and RISE papers), at the
-    model's input resolution. Unreadable images are listed in ``failed`` and skipped.
+    model's input resolution. Unreadable images are listed in ``failed`` and skipped. Images
+    are read by ``workers`` processes ahead of the model (see :mod:`camlens.pipeline`; default
+    :func:`~camlens.pipeline.default_workers`, none on the CPU).
+
+    With a ``world`` of several processes (``torchrun``, see :mod:`camlens.distributed`) every
+    rank calls this with the same ``items`` and settings and scores its share of the batches
+    (:meth:`World.share <camlens.distributed.World.share>`, one block per batch, so that every
+    batch is one of a one-process run); rank 0 merges the ranks' scores and rows and returns the
+    result, equal to one process's exactly (scores are summed exactly, see
+    :mod:`camlens.evaluation.meters`; rows in image order), the other ranks return None.
+    ``per_image`` is rank 0's (the others' is not used); each rank buffers its own rows in a
+    temporary file on its machine until rank 0 takes them in image order, a bounded amount at
+    a time. ``progress`` counts this rank's images.
     """
+    world = ALONE if world is None else world
+    _explainer(lens, methods, layer, batch_size)  # bad requests fail here, before any row
+    if world.size > 1:
+        _check_same_items(world, items)
+    wanted = world.broadcast(per_image is not None)
+    if world.main and per_image is not None:
+        csv.writer(per_image).writerow(PER_IMAGE_COLUMNS)
+    kwargs: dict[str, Any] = dict(localization=localization, faithful=faithful, batch_size=batch_size,
+                                  examples=examples, progress=progress, workers=workers, world=world)
+    if world.size == 1:
+        return evaluate_share(lens, items, methods, layer, rows=per_image, **kwargs).result()
+    with _spool() if wanted else nullcontext() as rows:
+        tally = evaluate_share(lens, items, methods, layer, rows=rows, **kwargs)
+        blocks, tally.row_blocks = tally.row_blocks, []
+        tallies = world.gather(tally)
+        if rows is not None:
+            _gather_rows(world, rows, blocks, -(-len(items) // batch_size), batch_size, per_image)
+    if tallies is None:
+        return None
+    merged, *others = tallies
+    for other in others:
+        merged.merge(other)
+    return merged.result()
+
+
+@dataclass
+class EvalTally:
+    """What one rank scored of an evaluation (see :func:`evaluate_share`): counts, per-method
+    meters, examples and failures by global image index. Tallies of disjoint shares
+    :meth:`merge` into the tally of the whole, exactly; :meth:`result` is the evaluation."""
+
+    methods: list[str]
+    protocol: dict[str, Any]
+    meters: dict[str, MethodMeter]
+    images: int = 0
+    labelled: int = 0
+    correct: int = 0
+    localized: int = 0
+    layer: str = ""
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    examples: dict[int, Example] = field(default_factory=dict)
+    row_blocks: list[int] = field(default_factory=list)
+    """Characters of this rank's per-image rows, batch by batch, as written to ``rows`` (not
+    merged: what :func:`merge_rows` needs to put the ranks' rows back in image order)."""
+
+    def merge(self, other: EvalTally) -> None:
+        """Add ``other``'s images (another share of the same evaluation) to these."""
+        if other.methods != self.methods or other.protocol != self.protocol:
+            raise CamlensError("cannot merge evaluations of different methods or protocols")
+        for name, meter in self.meters.items():
+            meter.merge(other.meters[name])
+        self.images += other.images
+        self.labelled += other.labelled
+        self.correct += other.correct
+        self.localized += other.localized
+        self.layer = self.layer or other.layer
+        self.failed += other.failed
+        self.examples.update(other.examples)
+
+    def result(self) -> EvalResult:
+        """The evaluation of the images tallied, failures and examples in image order.
+
+        Raises:
+            CamlensError: no image could be read.
+        """
+        if not self.images:
+            raise CamlensError("no image could be read")
+        fractions = next((m.faithfulness.fractions for m in self.meters.values() if m.faithfulness.count), None)
+        return EvalResult(
+            methods=list(self.methods),
+            layer=self.layer,
+            images=self.images,
+            accuracy=100.0 * self.correct / self.labelled if self.labelled else None,
+            localized=self.localized,
+            scores={m: meter.summary() for m, meter in self.meters.items()},
+            fractions=fractions,
+            curves={m: meter.faithfulness.mean_curves() for m, meter in self.meters.items() if meter.faithfulness.count},
+            examples=[self.examples[k] for k in sorted(self.examples)],
+            protocol=self.protocol,
+            failed=[text for _, text in sorted(self.failed, key=lambda f: f[0])],
+        )
+
+
+def evaluate_share(
+    lens: Lens,
+    items: Sequence[Item],
+    methods: str | Method | Sequence[str | Method],
+    layer: str | None = None,
+    *,
+    localization: LocalizationProtocol | None = DEFAULT_LOCALIZATION,
+    faithful: FaithfulnessProtocol | None = DEFAULT_FAITHFULNESS,
+    batch_size: int = 16,
+    examples: int = 6,
+    rows: IO[str] | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+    workers: int | None = None,
+    world: World = ALONE,
+) -> EvalTally:
+    """The part of :func:`evaluate` that rank ``world.rank`` does: score its share of ``items``
+    (the whole for one process) and write its per-image rows, without the header, to ``rows``,
+    in its order (blocks of ``batch_size`` images; ``EvalTally.row_blocks`` says how long each
+    block's rows are). Merging the tallies of every rank gives :func:`evaluate`'s result."""
+    names, explainer = _explainer(lens, methods, layer, batch_size)
+    prep = lens.loaded.preprocessing
+    tally = EvalTally(names, {
+        "localization": asdict(localization) if localization else None,
+        "faithfulness": asdict(faithful) if faithful else None,
+        "input_size": list(prep.input_size),
+        "localization_target": "true class",
+        "faithfulness_target": "predicted class",
+    }, {m: MethodMeter(localization or LocalizationProtocol()) for m in names})
+    chosen = {int(k) for k in np.linspace(0, len(items) - 1, examples).round()} if examples > 0 and items else set()
+    share = world.share(len(items), batch_size)
+    workers = default_workers(lens.loaded.device) if workers is None else workers
+    batches = loaded_batches([items[i].path for i in share], batch_size, prepare=prep, workers=workers)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return lens.backend.output(lens.loaded, lens.backend.to_input(lens.loaded, batch)).probabilities
+
+    with closing(batches):
+        for batch in batches:
+            tally.failed += [(share[entry.index], entry.error) for entry in batch if entry.error is not None]
+            loaded, pictures, prepared = readable(batch)
+            text = ""
+            if loaded:
+                assert prepared is not None
+                scored = [(share[entry.index], items[share[entry.index]], picture)
+                          for entry, picture in zip(loaded, pictures, strict=True)]
+                text = _score_batch(lens, explainer, predict, scored, prepared, localization, faithful, tally, chosen,
+                                    rows is not None)
+            if rows is not None:
+                rows.write(text)
+                tally.row_blocks.append(len(text))
+            progress(len(batch))
+    return tally
+
+
+def _explainer(lens: Lens, methods: str | Method | Sequence[str | Method], layer: str | None,
+               batch_size: int) -> tuple[list[str], Callable[..., Any]]:
+    """The methods' canonical names and their (cached) explainer; bad requests raise."""
     if not methods:
         raise CamlensError("no method to evaluate")
     if batch_size < 1:
         raise CamlensError("batch size must be at least 1")
     resolved = methods_from(methods)
-    names = [m.name for m in resolved]
-    explainer = lens.explainer(resolved, layer)
-    prep = lens.loaded.preprocessing
-    scores = {m: _MethodScores(localization or LocalizationProtocol()) for m in names}
-    writer = csv.writer(per_image) if per_image is not None else None
-    if writer is not None:
-        writer.writerow(PER_IMAGE_COLUMNS)
-    chosen = {int(k) for k in np.linspace(0, len(items) - 1, examples).round()} if examples > 0 and items else set()
-    position = {id(item): k for k, item in enumerate(items)}
-    kept: dict[int, Example] = {}
-    failed: list[str] = []
-    seen = correct = labelled = localized = 0
-    fractions: np.ndarray | None = None
-    layer_name = ""
+    return [m.name for m in resolved], lens.explainer(resolved, layer)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return lens.backend.output(lens.loaded, lens.backend.to_input(lens.loaded, batch)).probabilities
 
-    for chunk in _batches(items, batch_size):
-        loaded: list[tuple[Item, Image.Image]] = []
-        for item in chunk:
-            try:
-                loaded.append((item, read_image(item.path)))
-            except ImageError as exc:
-                failed.append(str(exc))
-        if loaded:
-            x = prep([img for _, img in loaded])
-            truth = [it.label for it, _ in loaded]
+def _score_batch(
+    lens: Lens, explainer: Callable[..., Any], predict: Callable[[np.ndarray], np.ndarray],
+    batch: list[tuple[int, Item, Image.Image]], x: np.ndarray, localization: LocalizationProtocol | None,
+    faithful: FaithfulnessProtocol | None, tally: EvalTally, chosen: set[int], want_rows: bool,
+) -> str:
+    """Score one batch (``(global index, item, picture)``, ``x`` their inputs) into ``tally``;
+    its per-image rows as CSV text (empty unless ``want_rows``)."""
+    truth = [item.label for _, item, _ in batch]
 
-            def choose(logits: np.ndarray, truth: list[int | None] = truth) -> np.ndarray:
-                top = logits.argmax(axis=1)
-                return np.stack([[t if t is not None else p for t, p in zip(truth, top, strict=True)], top], axis=1)
+    def choose(logits: np.ndarray) -> np.ndarray:
+        top = logits.argmax(axis=1)
+        return np.stack([[t if t is not None else p for t, p in zip(truth, top, strict=True)], top], axis=1)
 
-            result = explainer(lens.backend.to_input(lens.loaded, x), choose)
-            probs = result.probabilities
-            pred = result.targets[:, 1]
-            seen += len(loaded)
-            correct += sum(int(t == p) for t, p in zip(truth, pred, strict=True) if t is not None)
-            labelled += sum(t is not None for t in truth)
-            rows: dict[tuple[int, str], list[object]] = {}
-            for m in names:
-                maps = result.maps[m]
-                layer_name = next(iter(maps))
-                raw = maps[layer_name]
-                for i, (item, img) in enumerate(loaded):
-                    rows[i, m] = [""] * 7
-                    scored = localization is not None and item.label is not None and bool(item.boxes)
-                    shown = position[id(item)] in chosen
-                    if not (scored or shown):
-                        continue
-                    heat = normalize(upsample(raw[i, 0], (img.height, img.width)))
-                    box = None
-                    if scored:
-                        assert localization is not None
-                        outcome = localize(heat, item.boxes_on(img), localization)
-                        scores[m].localization.update(outcome, bool(pred[i] == item.label))
-                        rows[i, m][:2] = [f"{outcome.iou:.4f}", int(outcome.pointing_hit)]
-                        rows[i, m][6] = box_text([outcome.box] if outcome.box else [])
-                        box = outcome.box
-                    if shown:
-                        _keep(kept, position[id(item)], item, img, lens, int(pred[i]), m, heat, box)
-                if faithful is not None:
-                    fractions = _faithfulness(predict, x, raw[:, 1], pred, prep.layout, faithful, scores[m], rows, m)
-            for i, (item, img) in enumerate(loaded):
-                truth_boxes = box_text(item.boxes_on(img)) if item.boxes else ""
-                for m in names:
-                    if writer is not None:
-                        label = "" if item.label is None else lens.labels[item.label]
-                        top = lens.labels[int(pred[i])]
-                        writer.writerow([str(item.path), label, top, f"{probs[i, pred[i]]:.6f}", m, *rows[i, m],
-                                         truth_boxes, img.width, img.height])
-            localized += sum(1 for it, _ in loaded if localization is not None and it.label is not None and it.boxes)
-        progress(len(chunk))
-    if not seen:
-        raise CamlensError("no image could be read")
-    return EvalResult(
-        methods=names,
-        layer=layer_name,
-        images=seen,
-        accuracy=100.0 * correct / labelled if labelled else None,
-        localized=localized,
-        scores={m: s.summary() for m, s in scores.items()},
-        fractions=fractions,
-        curves={m: _mean_curves(s) for m, s in scores.items() if s.faithful},
-        examples=[kept[k] for k in sorted(kept)],
-        protocol={
-            "localization": asdict(localization) if localization else None,
-            "faithfulness": asdict(faithful) if faithful else None,
-            "input_size": list(prep.input_size),
-            "localization_target": "true class",
-            "faithfulness_target": "predicted class",
-        },
-        failed=failed,
-    )
+    result = explainer(lens.backend.to_input(lens.loaded, x), choose)
+    probs = result.probabilities
+    pred = result.targets[:, 1]
+    tally.images += len(batch)
+    tally.correct += sum(int(t == p) for t, p in zip(truth, pred, strict=True) if t is not None)
+    tally.labelled += sum(t is not None for t in truth)
+    tally.localized += sum(1 for _, item, _ in batch if localization is not None and item.label is not None and item.boxes)
+    cells: dict[tuple[int, str], list[object]] = {}
+    for m in tally.methods:
+        maps = result.maps[m]
+        tally.layer = next(iter(maps))
+        raw = maps[tally.layer]
+        meter = tally.meters[m]
+        for i, (k, item, img) in enumerate(batch):
+            cells[i, m] = [""] * 7
+            scored = localization is not None and item.label is not None and bool(item.boxes)
+            shown = k in chosen
+            if not (scored or shown):
+                continue
+            heat = normalize(upsample(raw[i, 0], (img.height, img.width)))
+            box = None
+            if scored:
+                assert localization is not None
+                outcome = localize(heat, item.boxes_on(img), localization)
+                meter.localization.update(outcome, bool(pred[i] == item.label))
+                cells[i, m][:2] = [f"{outcome.iou:.4f}", int(outcome.pointing_hit)]
+                cells[i, m][6] = box_text([outcome.box] if outcome.box else [])
+                box = outcome.box
+            if shown:
+                _keep(tally.examples, k, item, img, lens, int(pred[i]), m, heat, box)
+        if faithful is not None:
+            _faithfulness(predict, x, raw[:, 1], pred, lens.loaded.preprocessing.layout, faithful, meter, cells, m)
+    if not want_rows:
+        return ""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    for i, (_, item, img) in enumerate(batch):
+        truth_boxes = box_text(item.boxes_on(img)) if item.boxes else ""
+        label = "" if item.label is None else lens.labels[item.label]
+        top = lens.labels[int(pred[i])]
+        for m in tally.methods:
+            writer.writerow([str(item.path), label, top, f"{probs[i, pred[i]]:.6f}", m, *cells[i, m], truth_boxes,
+                             img.width, img.height])
+    return text.getvalue()
+
+
+def merge_rows(parts: Sequence[tuple[IO[str], Sequence[int]]], out: IO[str]) -> None:
+    """The per-image CSV of an evaluation whose shares were scored one by one (each rank's
+    ``rows`` and ``EvalTally.row_blocks``, in rank order), header first, rows in image order;
+    read a block at a time. (:func:`evaluate` does this itself across processes.)"""
+    csv.writer(out).writerow(PER_IMAGE_COLUMNS)
+    for rows, _ in parts:
+        rows.seek(0)
+    for block in range(max((len(blocks) for _, blocks in parts), default=0)):
+        for rows, blocks in parts:
+            if block < len(blocks):
+                out.write(rows.read(blocks[block]))
+
+
+ROUND_IMAGES = 1024
+"""Images whose rows each rank sends to rank 0 per exchange, at the end of a run of several
+processes: bounds rank 0's memory to about ``ranks x ROUND_IMAGES x methods`` rows."""
+
+
+def _gather_rows(world: World, rows: IO[str], blocks: list[int], total: int, batch_size: int,
+                 out: IO[str] | None) -> None:
+    """Every rank's rows to rank 0's ``out`` in image order: in rounds of ``ROUND_IMAGES``
+    images per rank, each rank's next blocks (its blocks are global blocks ``rank``,
+    ``rank + size``...), written block by block across the ranks."""
+    per_round = max(1, ROUND_IMAGES // batch_size)
+    rounds = -(-len(range(0, total, world.size)) // per_round)  # rank 0 has the most blocks
+    rows.seek(0)
+    for r in range(rounds):
+        mine = [rows.read(n) for n in blocks[r * per_round : (r + 1) * per_round]]
+        got = world.gather(mine)
+        if got is None or out is None:
+            continue
+        for block in range(per_round):
+            for theirs in got:
+                if block < len(theirs):
+                    out.write(theirs[block])
+
+
+def _spool() -> IO[str]:
+    """A temporary file for a rank's rows: in memory up to 16 MB, then on this machine's disk
+    (already unlinked there: nothing is left behind, even if the process is killed)."""
+    return tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="", encoding="utf-8",  # type: ignore[return-value]
+                                         errors="surrogateescape")
+
+
+def _check_same_items(world: World, items: Sequence[Item]) -> None:
+    """Refuse to start when the ranks' lists of images differ (another folder or --limit, files
+    added while the ranks were listing them): their shares would not make up the dataset."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.path}\0{item.label}\0{len(item.boxes or [])}\n".encode(errors="surrogateescape"))
+    seen = world.gather((len(items), digest.hexdigest()))
+    odd = world.broadcast([r for r, value in enumerate(seen) if value != seen[0]] if seen is not None else [])
+    if odd:
+        raise CamlensError(f"rank {world.rank}: the ranks' image lists differ (rank{'s' if len(odd) > 1 else ''} "
+                           f"{', '.join(map(str, odd))} found others than rank 0's); give every rank the same data, "
+                           "boxes and limit")
 
 
 def box_text(boxes: Sequence[Box]) -> str:
     """Boxes as ``per_image.csv`` writes them: ``xmin ymin xmax ymax``, ``;``-separated."""
     return ";".join(" ".join(f"{v:.1f}" for v in (b.xmin, b.ymin, b.xmax, b.ymax)) for b in boxes)
-
-
-def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _keep(kept: dict[int, Example], k: int, item: Item, img: Image.Image, lens: Lens, pred: int, method: str,
@@ -333,8 +504,8 @@ def _keep(kept: dict[int, Example], k: int, item: Item, img: Image.Image, lens: 
 
 def _faithfulness(
     predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, raw: np.ndarray, pred: np.ndarray, layout: str,
-    protocol: FaithfulnessProtocol, scores: _MethodScores, rows: dict[tuple[int, str], list[object]], method: str,
-) -> np.ndarray:
+    protocol: FaithfulnessProtocol, meter: MethodMeter, cells: dict[tuple[int, str], list[object]], method: str,
+) -> None:
     h, w = x.shape[2:] if layout == "NCHW" else x.shape[1:3]
     maps = normalize(upsample(raw, (h, w)))
     drop, increase = faithfulness.confidence_change(predict, x, maps, pred, layout, protocol.batch_size)
@@ -342,20 +513,7 @@ def _faithfulness(
         predict, x, maps, pred, layout, steps=protocol.steps, deletion_baseline=protocol.deletion_baseline,
         insertion_baseline=protocol.insertion_baseline, batch_size=protocol.batch_size,
     )
-    scores.faithful += len(x)
-    scores.drop += float(drop.sum())
-    scores.increase += int(increase.sum())
-    scores.deletion += float(curves.deletion_auc.sum())
-    scores.insertion += float(curves.insertion_auc.sum())
-    d, ins = curves.deletion.sum(axis=0), curves.insertion.sum(axis=0)
-    scores.deletion_curve = d if scores.deletion_curve is None else scores.deletion_curve + d
-    scores.insertion_curve = ins if scores.insertion_curve is None else scores.insertion_curve + ins
+    meter.faithfulness.update(drop, increase, curves)
+    deletion, insertion = curves.deletion_auc, curves.insertion_auc
     for i in range(len(x)):
-        rows[i, method][2:6] = [f"{drop[i]:.6f}", int(increase[i]), f"{curves.deletion_auc[i]:.6f}",
-                               f"{curves.insertion_auc[i]:.6f}"]
-    return curves.fractions
-
-
-def _mean_curves(s: _MethodScores) -> dict[str, np.ndarray]:
-    assert s.deletion_curve is not None and s.insertion_curve is not None
-    return {"deletion": s.deletion_curve / s.faithful, "insertion": s.insertion_curve / s.faithful}
+        cells[i, method][2:6] = [f"{drop[i]:.6f}", int(increase[i]), f"{deletion[i]:.6f}", f"{insertion[i]:.6f}"]
