@@ -124,10 +124,12 @@ def open_ledger(out: Path, settings: dict[str, Any], inputs: Sequence[Path], res
         for i, entry in _entries(folder).items():
             if "begin" in entry:
                 ledger.begun.add(i)
-            elif not entry.get("existed") and all(Path(p).exists() for p in entry.get("outputs", [])):
+            elif entry.get("existed"):
+                pass  # refused: the files there were not this run's, and are still not its to replace
+            elif all(Path(p).exists() for p in entry.get("outputs", [])):
                 ledger.done[i] = entry
             else:
-                ledger.begun.add(i)  # finished, but its files went since (or it was refused): do it again
+                ledger.begun.add(i)  # finished, but its files went since: do it again
     return ledger
 
 
