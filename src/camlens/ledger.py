@@ -146,16 +146,25 @@ def _decide(folder: Path, settings: dict[str, Any], inputs: str, resume: bool, o
                                "or leave out --resume")
         state = {**last, "attempt": int(last.get("attempt", 0)) + 1}
     else:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            for old in folder.glob("rank-*.jsonl"):
-                old.unlink()
-        except OSError as exc:
-            raise CamlensError(f"{folder}: cannot start the run's ledger ({exc.strerror or exc})") from exc
+        clear_ranks(folder, "the run's ledger")
         state = {"settings": settings, "inputs": inputs, "attempt": 0, "complete": False,
                  "summary": _free_summary_name(out)}
     _write_state(folder, state)
     return state
+
+
+def clear_ranks(folder: Path, what: str) -> None:
+    """Create ``folder`` and remove its ranks' records (``rank-*.jsonl``): a new run starts.
+
+    Raises:
+        CamlensError: ``folder`` cannot be written (naming ``what`` it holds).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("rank-*.jsonl"):
+            old.unlink()
+    except OSError as exc:
+        raise CamlensError(f"{folder}: cannot start {what} ({exc.strerror or exc})") from exc
 
 
 def _free_summary_name(out: Path) -> str:

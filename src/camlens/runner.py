@@ -1,7 +1,9 @@
-"""Explaining many image files and writing the results: overlays, panels, raw maps, a summary."""
+"""Explaining many image files and writing the results: overlays, panels, raw maps, a summary;
+with :class:`Boxing`, boxes around each map's strong regions too (``camlens localize``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -12,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -24,6 +26,7 @@ from camlens.core.targets import AllClasses, Top
 from camlens.distributed import ALONE, World
 from camlens.errors import CamlensError
 from camlens.imageio import (
+    ORIGINAL_SIZE,
     array_writer,
     clean_leftovers,
     image_writer,
@@ -36,6 +39,10 @@ from camlens.imageio import (
 from camlens.ledger import Ledger, open_ledger
 from camlens.lens import Explanation, Lens, Prediction, TargetRequest, TargetSpec
 from camlens.pipeline import WRITERS, Behind, default_workers, loaded_batches, readable
+
+if TYPE_CHECKING:
+    from camlens.evaluation.annotations import Annotations
+    from camlens.evaluation.boxes import Box
 
 Writer = Callable[[BinaryIO], object]
 
@@ -78,6 +85,59 @@ class RenderOptions:
             raise CamlensError("nothing to write: no overlay, no panel, no raw map and no map store")
 
 
+@dataclass(frozen=True)
+class Boxing:
+    """Boxes around the strong parts of every map (see
+    :func:`camlens.evaluation.boxes.boxes_from_map`): around the largest region at least
+    ``threshold`` of the map's range (the CAM paper's rule at 0.2), or, unless ``largest``, every
+    region of at least ``min_area`` (a fraction of the image). ``truth`` holds the true boxes,
+    found for each input by :meth:`~camlens.evaluation.annotations.Annotations.for_image` (relative
+    to the run's ``root``). The overlays get the boxes drawn (found red, true green) and are named
+    ``..._boxes``; the summary lists the boxes and, for inputs with true boxes, the best IoU."""
+
+    threshold: float = 0.2
+    largest: bool = True
+    min_area: float = 0.0
+    truth: Annotations | None = None
+
+    def check(self, options: RenderOptions) -> None:
+        """Refuse settings that cannot work, before any output."""
+        arguments.number(self.threshold, "threshold", 0.0, 1.0)
+        arguments.number(self.min_area, "min_area", 0.0, 1.0)
+        if not options.overlay:
+            raise CamlensError("boxes are drawn on the overlays: boxing needs overlay=True")
+
+    def settings(self) -> dict[str, object]:
+        """What a resumed run must keep: the rule, and the true boxes (a hash of them)."""
+        truth = None if self.truth is None else hashlib.sha256(repr(sorted(self.truth.boxes.items())).encode()).hexdigest()
+        return {"threshold": self.threshold, "largest": self.largest, "min_area": self.min_area, "truth": truth}
+
+    def true_boxes(self, path: Path, root: Path | None, picture: Image.Image) -> list[Box]:
+        """The true boxes of the input ``path`` in the pixels of ``picture``, as it was read
+        (scaled when it was read downscaled); none when it is not annotated."""
+        boxes = self.truth.for_image(path, root) if self.truth is not None else None
+        if boxes and ORIGINAL_SIZE in picture.info:  # read downscaled: boxes are in the file's pixels
+            width, height = picture.info[ORIGINAL_SIZE]
+            boxes = [b.scaled(picture.width / width, picture.height / height) for b in boxes]
+        return boxes or []
+
+    def found(self, exp: Explanation) -> list[Box]:
+        """The boxes of one map."""
+        from camlens.evaluation.boxes import boxes_from_map
+
+        return boxes_from_map(exp.heatmap, self.threshold, largest=self.largest, min_area=self.min_area)
+
+    @staticmethod
+    def entry(found: list[Box], truth: list[Box], drawn: Path) -> dict[str, object]:
+        """What an explanation's summary entry says of its boxes: them, the overlay they are
+        ``drawn`` on, and the best IoU with the true boxes when there are any (the best box
+        counts, as in Choe et al.)."""
+        from camlens.evaluation.boxes import best_iou
+
+        iou = {"iou": round(best_iou(found, truth), 4)} if truth else {}
+        return {"boxes": [b.to_dict() for b in found], "output": str(drawn), **iou}
+
+
 @dataclass
 class ImageReport:
     """What happened to one input: its predictions and written files, or its error."""
@@ -89,6 +149,10 @@ class ImageReport:
     error: str | None = None
     existed: bool = False
     """Skipped because its outputs are already there (no ``overwrite``)."""
+    size: tuple[int, int] | None = None
+    """With :class:`Boxing`: ``(width, height)`` of the input as read, the pixels of its boxes."""
+    true_boxes: list[Box] | None = None
+    """With :class:`Boxing`: its true boxes (none when it is not annotated)."""
 
 
 @dataclass
@@ -172,6 +236,8 @@ def run(
     workers: int | None = None,
     resume: bool = False,
     world: World = ALONE,
+    boxing: Boxing | None = None,
+    summary_name: str | None = None,
 ) -> RunReport:
     """Explain every input file, in batches, and write its outputs under ``out``: files are
     decoded by ``workers`` processes ahead of the model (default
@@ -200,8 +266,15 @@ def run(
     process's rank in a ``torchrun`` run (see :mod:`camlens.distributed`): each rank does its
     share of the batches, file names are decided from the whole list, and rank 0 writes the
     summary of the whole run and returns its report (the others return theirs).
+
+    With ``boxing`` every map is boxed too (see :class:`Boxing`): its overlay is drawn with the
+    boxes and the summary is the one ``camlens localize`` writes. The summary is named
+    ``summary_name`` in ``out`` (refused when it exists, unless ``overwrite`` or ``resume``), by
+    default ``camlens-run-{time}.json`` with the time the run started.
     """
     options.check()
+    if boxing is not None:
+        boxing.check(options)
     batch_size, top = arguments.count(batch_size, "batch_size"), arguments.count(top, "top")
     inputs, out = arguments.paths(inputs, "inputs"), arguments.path(out, "out")
     methods = [methods] if isinstance(methods, str) else list(methods)
@@ -219,10 +292,13 @@ def run(
     settings = {"model": lens.loaded.name, "classes": len(lens.labels), "methods": methods, "layers": layers,
                 "target": str(target), "mask": str(mask), "fuse": fuse, "layout": layout, "top": top,
                 "batch_size": batch_size, "max_batch": max_batch, "augment": repr(augment), "root": str(root),
+                "boxing": None if boxing is None else boxing.settings(),
                 **{k: v for k, v in asdict(options).items() if k != "overwrite"}}
     store_path = out / mapstore.NAME
-    if options.store and not resume and not options.overwrite and store_path.exists():
-        raise CamlensError(f"{store_path}: exists; pass overwrite=True to replace it, or resume=True to finish its run")
+    fixed = output_path(out, summary_name) if summary_name is not None else None
+    for path in ([store_path] if options.store else []) + ([fixed] if fixed is not None else []):
+        if not resume and not options.overwrite and path.exists():
+            raise CamlensError(f"{path}: exists; pass overwrite=True to replace it, or resume=True to finish its run")
     ledger = open_ledger(out, settings, inputs, resume, world)
     store = _open_store(lens, store_path, inputs, request, methods, layer_spec, layers, top, fuse, layout, batch_size,
                         augment, ledger, world) if options.store else None
@@ -232,7 +308,7 @@ def run(
     if len(share) < len(mine):
         progress(len(mine) - len(share))  # done by earlier attempts
     reports: dict[int, ImageReport] = {}
-    write = _write_all_classes if every else _write
+    write = _write_all_classes if every and boxing is None else partial(_write, boxing=boxing)
     workers = default_workers(lens.loaded.device) if workers is None else workers
     paths = [inputs[i] for i in share]
     batches = loaded_batches(paths, batch_size, prepare=lens.loaded.preprocessing, check=request.check, workers=workers)
@@ -255,12 +331,14 @@ def run(
                     if store is not None:  # before the ledger says any of them is done
                         store.write(share[batch[0].index], len(batch),
                                     {share[item.index]: exps for item, exps in zip(loaded, results, strict=True)})
-                    for item, explanations in zip(loaded, results, strict=True):
+                    for item, picture, explanations in zip(loaded, pictures, results, strict=True):
                         index = share[item.index]
                         if index in ledger.done:  # finished by an earlier attempt; its batch is done again whole
                             continue
                         report = reports[index]
                         report.predictions = explanations[0].predictions
+                        if boxing is not None:
+                            report.size, report.true_boxes = picture.size, boxing.true_boxes(item.path, root, picture)
                         behind.submit(_write_and_record, write, report, explanations, out, stems[report.source],
                                       options, len(layers) > 1, ledger, index)
                 progress(len(batch))
@@ -276,10 +354,10 @@ def run(
     merged = [_report(inputs[i], entries[i]) for i in sorted(entries)]
     pending = [inputs[i] for i in range(len(inputs)) if i not in entries]
     interrupted = interrupted if pending else None
-    summary_path = out / ledger.summary_name
+    summary_path = fixed or out / ledger.summary_name
     summary = None
     if news or interrupted or (resume and not pending and not summary_path.exists()):
-        summary = _write_summary(lens, summary_path, methods, merged, options, pending, interrupted, augment)
+        summary = _write_summary(lens, summary_path, methods, merged, options, pending, interrupted, augment, boxing)
         if not pending:
             ledger.mark_complete()
     return RunReport(merged, summary, pending, interrupted)
@@ -335,15 +413,22 @@ def _entry(report: ImageReport) -> dict[str, object]:
     """One input's record in the ledger and the summary."""
     if report.error:
         return {"source": str(report.source), "error": report.error, **({"existed": True} if report.existed else {})}
+    boxed = {} if report.size is None else {"size": list(report.size),
+                                            "true_boxes": [b.to_dict() for b in report.true_boxes or []]}
     return {"source": str(report.source), "predictions": [p.to_dict() for p in report.predictions],
-            "explanations": report.explanations, "outputs": [str(p) for p in report.outputs]}
+            "explanations": report.explanations, "outputs": [str(p) for p in report.outputs], **boxed}
 
 
 def _report(source: Path, entry: dict[str, Any]) -> ImageReport:
     """An input's report as the ledger recorded it."""
     predictions = [Prediction(p["index"], p["label"], p["probability"]) for p in entry.get("predictions", [])]
-    return ImageReport(source, predictions, entry.get("explanations", []), [Path(p) for p in entry.get("outputs", [])],
-                       entry.get("error"), bool(entry.get("existed")))
+    report = ImageReport(source, predictions, entry.get("explanations", []),
+                         [Path(p) for p in entry.get("outputs", [])], entry.get("error"), bool(entry.get("existed")))
+    if "size" in entry:
+        from camlens.evaluation.boxes import Box
+
+        report.size, report.true_boxes = tuple(entry["size"]), [Box(**b) for b in entry["true_boxes"]]
+    return report
 
 
 def _write_and_record(write: Callable[..., None], report: ImageReport, explanations: list[Explanation], out: Path,
@@ -357,16 +442,25 @@ def _write_and_record(write: Callable[..., None], report: ImageReport, explanati
 
 
 def _write(
-    report: ImageReport, explanations: list[Explanation], out: Path, stem: str, options: RenderOptions, multi_layer: bool
+    report: ImageReport, explanations: list[Explanation], out: Path, stem: str, options: RenderOptions,
+    multi_layer: bool, boxing: Boxing | None = None,
 ) -> None:
-    """Write the overlay (panel, raw map) of every explanation of one image."""
-    plan = [(exp, _planned_files(exp, out, stem, options, multi_layer)) for exp in explanations]
-    jobs = [(path, _writer(exp, kind, path, options)) for exp, files in plan for path, kind in files]
+    """Write the overlay (panel, raw map) of every explanation of one image; with ``boxing``,
+    each overlay with its map's boxes drawn, and the boxes in its entry."""
+    truth = report.true_boxes or []
+    try:
+        found = [boxing.found(exp) if boxing is not None else [] for exp in explanations]
+    except CamlensError as exc:  # a map that cannot be boxed (not finite) spoils this image, not the run
+        report.error = f"{report.source}: {exc}"
+        return
+    plan = [(exp, _planned_files(exp, out, stem, options, multi_layer, boxing is not None), boxes)
+            for exp, boxes in zip(explanations, found, strict=True)]
+    jobs = [(path, _writer(exp, kind, path, options, boxes, truth)) for exp, files, boxes in plan for path, kind in files]
     if _write_all_or_none(report, jobs, options.overwrite):
         report.explanations = [
             {"method": e.method, "layer": e.layer, "kind": e.kind, "target": e.target.to_dict(), "explained": e.name,
-             "outputs": [str(p) for p, _ in files]}
-            for e, files in plan
+             "outputs": [str(p) for p, _ in files], **(boxing.entry(boxes, truth, files[0][0]) if boxing is not None else {})}
+            for e, files, boxes in plan
         ]
 
 
@@ -419,13 +513,14 @@ def _write_all_or_none(report: ImageReport, jobs: Sequence[tuple[Path, Writer]],
 
 
 def _planned_files(
-    exp: Explanation, out: Path, stem: str, options: RenderOptions, multi_layer: bool
+    exp: Explanation, out: Path, stem: str, options: RenderOptions, multi_layer: bool, boxed: bool = False
 ) -> list[tuple[Path, str]]:
-    """``(path, kind)`` of every file for one explanation; kind is overlay, panel or raw."""
+    """``(path, kind)`` of every file for one explanation; kind is overlay, panel or raw (the
+    overlay ``boxed`` is named ``..._boxes``)."""
     layer = f"_{safe_part(exp.layer)}" if multi_layer else ""
     base = f"{stem}_{safe_part(exp.method)}{layer}_{exp.tag}"
     ext = options.suffix
-    files = [(output_path(out, f"{base}.{ext}"), "overlay")] if options.overlay else []
+    files = [(output_path(out, f"{base}{'_boxes' if boxed else ''}.{ext}"), "overlay")] if options.overlay else []
     if options.panel:
         files.append((output_path(out, f"{base}_panel.{ext}"), "panel"))
     if options.save_raw:
@@ -433,36 +528,55 @@ def _planned_files(
     return files
 
 
-def _writer(exp: Explanation, kind: str, path: Path, options: RenderOptions) -> Writer:
-    """What writes one file of ``exp``: its raw map, or its overlay or panel (rendered then)."""
+def _writer(exp: Explanation, kind: str, path: Path, options: RenderOptions, found: list[Box], truth: list[Box]
+            ) -> Writer:
+    """What writes one file of ``exp``: its raw map, or its overlay (with the ``truth`` boxes in
+    green and the ``found`` ones in red) or panel, rendered then."""
     if kind == "raw":
         return array_writer(exp.raw)
-    render_fn = exp.panel if kind == "panel" else exp.overlay
-    return image_writer(path, lambda: render_fn(options.colormap, options.alpha), options.png_level)
+    if kind == "panel":
+        return image_writer(path, lambda: exp.panel(options.colormap, options.alpha), options.png_level)
+
+    def overlay() -> Image.Image:
+        picture = exp.overlay(options.colormap, options.alpha)
+        if truth:
+            picture = render.draw_boxes(picture, truth, (0, 220, 0))
+        return render.draw_boxes(picture, found, (255, 0, 0)) if found else picture
+
+    return image_writer(path, overlay, options.png_level)
 
 
 def _write_summary(
     lens: Lens, path: Path, methods: Sequence[str], reports: list[ImageReport], options: RenderOptions,
-    pending: list[Path], interrupted: int | None, augment: Augment | None = None,
+    pending: list[Path], interrupted: int | None, augment: Augment | None, boxing: Boxing | None,
 ) -> Path:
+    """The run's summary: its settings, an entry per input done (with ``boxing``, the record
+    ``camlens localize`` writes), the inputs that failed and those not tried."""
+    rule = {} if boxing is None else {"threshold": boxing.threshold, "largest_only": boxing.largest,
+                                      "min_area": boxing.min_area}
     summary = {
         "model": lens.loaded.name,
+        **rule,
         "interrupted": signal.Signals(interrupted).name if interrupted else None,
         "methods": list(methods),
         "augment": repr(augment) if augment else None,
         "colormap": options.colormap,
         "alpha": options.alpha,
-        "images": [
-            {
-                "source": str(r.source),
-                "predictions": [p.to_dict() for p in r.predictions],
-                "explanations": r.explanations,
-            }
-            for r in reports
-            if not r.error
-        ],
+        "images": [_boxed_record(r) if boxing is not None else
+                   {"source": str(r.source), "predictions": [p.to_dict() for p in r.predictions],
+                    "explanations": r.explanations}
+                   for r in reports if not r.error],
         "failed": [{"source": str(r.source), "error": r.error} for r in reports if r.error],
         "not_tried": [str(p) for p in pending],
     }
     data = json.dumps(summary, indent=2).encode()
     return write_atomic(path, lambda fh: fh.write(data), overwrite=True)  # the name is this run's (see the ledger)
+
+
+def _boxed_record(report: ImageReport) -> dict[str, object]:
+    """An input's record in the summary of a run with :class:`Boxing`: its size, its true
+    boxes, and per map its boxes, its drawn overlay and (with true boxes) the best IoU."""
+    return {"source": str(report.source), "size": list(report.size or ()),
+            "true_boxes": [b.to_dict() for b in report.true_boxes or []],
+            "maps": [{k: e[k] for k in ("method", "layer", "target", "boxes", "output", "iou") if k in e}
+                     for e in report.explanations]}

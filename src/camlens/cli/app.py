@@ -26,6 +26,7 @@ from camlens.cli.common import (
     OverwriteOpt,
     TrustPickleOpt,
     WeightsOpt,
+    WorkersOpt,
     app,
     err_console,
     exit_if_failed,
@@ -97,10 +98,7 @@ def explain(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     max_batch: MaxBatchOpt = MAX_BATCH,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=0, help="Processes that decode and resize images ahead of the model (0: none, in the main "
-                                 "process). Default: 0 with the model on the CPU (its threads use every core), else one per "
-                                 "core beyond the first, at most 4.")] = None,
+    workers: WorkersOpt = None,
     smooth: Annotated[int, typer.Option(
         "--smooth", min=0, help="Average every map over this many noisy copies of the image (SmoothGrad: noise 15% of "
                                 "its value range, seeded). 0: off.")] = 0,

@@ -143,6 +143,10 @@ TrustPickleOpt = Annotated[
         help="Allow --model to be a whole pickled nn.Module. Unpickling RUNS ANY CODE in the file: only for files you trust.",
     ),
 ]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", min=0, help="Processes that decode and resize images ahead of the model (0: none, in the main process). "
+                             "Default: 0 with the model on the CPU (its threads use every core), else one per core beyond "
+                             "the first, at most 4.")]
 
 
 def split(values: list[str] | None) -> list[str]:

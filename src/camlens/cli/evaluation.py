@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
+import shutil
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich import box
@@ -22,7 +21,9 @@ from camlens.cli.common import (
     OverwriteOpt,
     TrustPickleOpt,
     WeightsOpt,
+    WorkersOpt,
     app,
+    err_console,
     exit_if_failed,
     expand_inputs,
     open_lens,
@@ -35,16 +36,12 @@ from camlens.cli.common import (
 )
 from camlens.errors import CamlensError
 
-if TYPE_CHECKING:
-    from PIL.Image import Image
-
-    from camlens.evaluation.boxes import Box
-    from camlens.lens import Explanation
-
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="Target layer; default: the last spatial layer.")]
 BoxesOpt = Annotated[Path | None, typer.Option("--boxes", help="True boxes: Pascal VOC XML file/folder, COCO JSON, or CSV.")]
 BoxFormatOpt = Annotated[str, typer.Option("--boxes-format", help="auto, voc, coco or csv.")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", help="Box the map where it is above this fraction of its range.")]
+SUMMARY = "localize.json"
+"""The summary ``camlens localize`` writes in its output folder."""
 
 
 @app.command()
@@ -64,109 +61,50 @@ def localize(
     boxes_format: BoxFormatOpt = "auto",
     colormap: Annotated[str, typer.Option("--colormap", help="Any matplotlib colormap.")] = "jet",
     alpha: Annotated[float, typer.Option("--alpha", help="Heatmap opacity, 0..1.")] = 0.5,
+    image_format: Annotated[str, typer.Option("--format", help="png, jpg or webp.")] = "png",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/localize"),
     overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish the last run into --out (stopped, killed, or a rank "
+                                                          "that died) with the same settings and inputs.")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Box objects from maps: drawn on the image and written as JSON.
+    """Box objects from maps: drawn on the image and written as JSON (--out/localize.json).
 
     A box goes around the largest region above --threshold of the map's range (CAM paper: 0.2),
     or around every region with --all-regions; red on the overlay, true boxes (--boxes) green.
+    Under torchrun each process does its share of the batches and rank 0 writes the summary.
     """
-    from camlens import render
-    from camlens.evaluation.boxes import best_iou, boxes_from_map
-    from camlens.imageio import (
-        ORIGINAL_SIZE,
-        clean_leftovers,
-        image_writer,
-        output_path,
-        read_image,
-        safe_part,
-        unique_stems,
-        write_atomic,
-        write_group,
-    )
-    from camlens.runner import stop_on_signals
+    from camlens import runner
+    from camlens.distributed import joined
 
     if not 0.0 <= threshold <= 1.0 or not 0.0 <= min_area <= 1.0:
         raise CamlensError("--threshold and --min-area must be between 0 and 1")
-    if batch_size < 1:
-        raise CamlensError("batch size must be at least 1")
-    render.check_colormap(colormap)
-    render.check_alpha(alpha)
+    options = runner.RenderOptions(colormap, alpha, image_format=image_format, overwrite=overwrite)
+    options.check()
     files, root = expand_inputs(inputs, recursive)
     truth = _annotations(boxes, boxes_format)
-    lens = open_lens(model, weights, labels, device, trust_pickle=trust_pickle)
+    boxing = runner.Boxing(threshold, not all_regions, min_area, truth)
     methods = parse_methods(method)
-    lens.explainer(methods, layer)
-    lens.parse_targets(target or None)
-    summary_path = out / "localize.json"
-    if summary_path.exists() and not overwrite:
-        raise CamlensError(f"{summary_path}: exists; pass --overwrite to replace it")
-    clean_leftovers(out)
-    stems = dict(zip(files, unique_stems(files, root), strict=True))
-    records: list[dict[str, object]] = []
-    problems: list[str] = []
-    tried = len(files)
-    with stop_on_signals(stopping) as stop, progress_bar(len(files)) as bar:
-        task = bar.add_task("localizing", total=len(files))
-        for start in range(0, len(files), batch_size):
-            if stop.signal is not None:
-                tried = start
-                break
-            chunk = files[start : start + batch_size]
-            pictures = []
-            for path in chunk:
-                try:
-                    pictures.append((path, read_image(path)))
-                except CamlensError as exc:
-                    problems.append(str(exc))
-            explained = lens.explain([p for _, p in pictures], methods, layer, target or None) if pictures else []
-            for (path, picture), exps in zip(pictures, explained, strict=True):
-                true_boxes = truth.for_image(path, root) if truth is not None else None
-                if true_boxes and ORIGINAL_SIZE in picture.info:  # read downscaled: boxes are in the file's pixels
-                    width, height = picture.info[ORIGINAL_SIZE]
-                    true_boxes = [b.scaled(picture.width / width, picture.height / height) for b in true_boxes]
-                record: dict[str, object] = {"source": str(path), "size": [picture.width, picture.height],
-                                             "true_boxes": [b.to_dict() for b in true_boxes or []], "maps": []}
-                planned = []
-                for exp in exps:
-                    found = boxes_from_map(exp.heatmap, threshold, largest=not all_regions, min_area=min_area)
-                    dest = output_path(out, f"{stems[path]}_{safe_part(exp.method)}_{exp.tag}_boxes.png")
-                    def drawn(exp: Explanation = exp, found: list[Box] = found, truth: list[Box] = true_boxes or []) -> Image:
-                        return render.draw_boxes(render.draw_boxes(exp.overlay(colormap, alpha), truth, (0, 220, 0)),
-                                                 found, (255, 0, 0))
-                    planned.append((dest, image_writer(dest, drawn)))
-                    entry: dict[str, object] = {"method": exp.method, "layer": exp.layer, "target": exp.target.to_dict(),
-                                                "boxes": [b.to_dict() for b in found], "output": str(dest)}
-                    if true_boxes:
-                        entry["iou"] = round(best_iou(found, true_boxes), 4)  # the best box counts (Choe et al.)
-                    record["maps"].append(entry)  # type: ignore[attr-defined]
-                taken = [p for p, _ in planned if p.exists()]
-                if taken and not overwrite:
-                    problems.append(f"{path}: output {taken[0]} exists; pass --overwrite to replace it")
-                    continue
-                try:
-                    write_group(planned, overwrite)  # all of an image's files, or none
-                except CamlensError as exc:
-                    problems.append(f"{path}: {exc}")
-                    continue
-                except Exception as exc:  # noqa: BLE001  (a rendering failure spoils this image, not the run)
-                    problems.append(f"{path}: cannot render its outputs ({type(exc).__name__}: {exc})")
-                    continue
-                records.append(record)
-            bar.advance(task, len(chunk))
-    pending = [str(p) for p in files[tried:]]
-    interrupted = stop.signal if pending else None
-    data = json.dumps({"model": lens.loaded.name, "threshold": threshold, "largest_only": not all_regions,
-                       "min_area": min_area, "interrupted": signal.Signals(interrupted).name if interrupted else None,
-                       "images": records, "failed": problems, "not_tried": pending}, indent=2).encode()
-    write_atomic(summary_path, lambda fh: fh.write(data), overwrite)
-    out_console.print(f"boxed {len(records)} images; wrote {out}/ (summary: {summary_path})", soft_wrap=True)
-    unused = problems + (truth.errors if truth is not None else [])
-    exit_if_failed(unused, f"{len(unused)} inputs or annotation records not used", interrupted, len(pending))
+    with joined() as world:
+        lens = open_lens(model, weights, labels, world.device(device), trust_pickle=trust_pickle)
+        shown = len(world.share(len(files), batch_size)) if world.main else 0  # one progress bar: rank 0's
+        with runner.stop_on_signals(stopping) as stop, progress_bar(shown) as bar:
+            task = bar.add_task("localizing", total=shown)
+            report = runner.run(
+                lens, files, out, methods=methods, layers=[layer] if layer else [], target=target or None,
+                options=options, batch_size=batch_size, root=root, progress=lambda n: bar.advance(task, n), stop=stop,
+                workers=workers, resume=resume, world=world, boxing=boxing, summary_name=SUMMARY,
+            )
+    if not world.main:
+        return
+    summary = f" (summary: {report.summary})" if report.summary else ""
+    out_console.print(f"boxed {len(report.images) - len(report.failed)} images; wrote {out}/{summary}", soft_wrap=True)
+    unused = [str(r.error) for r in report.failed] + (truth.errors if truth is not None else [])
+    exit_if_failed(unused, f"{len(unused)} inputs or annotation records not used", report.interrupted,
+                   len(report.pending))
 
 
 def _annotations(source: Path | None, fmt: str):  # type: ignore[no-untyped-def]
@@ -201,10 +139,10 @@ def evaluate(
     title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/evaluate"),
     overwrite: OverwriteOpt = False,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=0, help="Processes that decode and resize images ahead of the model (0: none, in the main "
-                                 "process). Default: 0 with the model on the CPU (its threads use every core), else one per "
-                                 "core beyond the first, at most 4.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Finish the last evaluation into --out (stopped, killed, or a rank that died) with the same "
+                         "settings and data: only the batches it had not scored.")] = False,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Score methods on a labelled dataset: localization and faithfulness, in one table.
@@ -215,14 +153,17 @@ def evaluate(
 
     Under torchrun (torchrun --nproc_per_node=N -m camlens evaluate ...) each process scores
     its share of the batches (on GPU local_rank when there are GPUs and --device is auto) and
-    rank 0 writes the files, the same as one process writes.
+    rank 0 writes the files, the same as one process writes. Scored batches are recorded in
+    --out/.camlens-eval as they go (removed once the report is written), so that --resume
+    finishes a stopped or killed evaluation with the files an uninterrupted one writes.
     """
     from camlens.distributed import joined
     from camlens.evaluation import report
     from camlens.evaluation.localization import LocalizationProtocol
-    from camlens.evaluation.run import FaithfulnessProtocol, dataset
+    from camlens.evaluation.run import STATE_FOLDER, EvaluationInterrupted, FaithfulnessProtocol, dataset
     from camlens.evaluation.run import evaluate as run_evaluation
     from camlens.models.record import model_spec
+    from camlens.runner import stop_on_signals
 
     if localization and boxes is None:
         localization = False
@@ -253,14 +194,22 @@ def evaluate(
         loc = LocalizationProtocol(threshold, iou, maxbox_step=maxbox_step, pointing_tolerance=pointing_tolerance)
         faith = FaithfulnessProtocol(steps, deletion_baseline, insertion_baseline) if faithfulness else None
         mine = len(world.share(len(items), max(batch_size, 1))) if world.size > 1 else len(items)
+        state = out / STATE_FOLDER
         with (tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+", newline="") if world.main else nullcontext()
-              as rows, progress_bar(mine if world.main else 0) as bar):
+              as rows, stop_on_signals(stopping if world.main else lambda signum: None) as stop,
+              progress_bar(mine if world.main else 0) as bar):
             task = bar.add_task("evaluating", total=mine)
-            result = run_evaluation(
-                lens, items, parse_methods(method), layer, localization=loc if localization else None, faithful=faith,
-                batch_size=batch_size, examples=examples, per_image=rows, progress=lambda n: bar.advance(task, n),
-                workers=workers, world=world,
-            )
+            try:
+                result = run_evaluation(
+                    lens, items, parse_methods(method), layer, localization=loc if localization else None,
+                    faithful=faith, batch_size=batch_size, examples=examples, per_image=rows,
+                    progress=lambda n: bar.advance(task, n), workers=workers, world=world, state=state, resume=resume,
+                    stop=stop,
+                )
+            except EvaluationInterrupted as exc:
+                if world.main:
+                    err_console.print(f"{exc}: the same command with --resume finishes it", soft_wrap=True)
+                raise typer.Exit(128 + exc.signal) from None
             if result is None or rows is None:  # not rank 0: rank 0 writes and tells
                 return
             result.failed = problems + result.failed + (truth.errors if truth is not None else [])
@@ -268,6 +217,8 @@ def evaluate(
                              "boxes": str(boxes.resolve()) if boxes is not None else None, "cwd": os.getcwd()}
             written = report.write(result, out, rows, title=title or f"{lens.loaded.name} on {data}",
                                    overwrite=overwrite)
+        if world.main:
+            shutil.rmtree(state, ignore_errors=True)  # the report is the record now
     caption = f"{result.images} images, accuracy {report.accuracy_text(result)}, layer {result.layer}"
     table = Table(box=box.SIMPLE_HEAD, title=caption)
     head, *body = report.table_rows(result, short=True)

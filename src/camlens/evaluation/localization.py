@@ -7,9 +7,11 @@ min-max normalised, against the true boxes of that class.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from camlens.arguments import count as whole
 from camlens.arguments import number
 from camlens.core.maps import normalize
 from camlens.errors import CamlensError
@@ -127,6 +129,31 @@ class LocalizationMeter:
         self.gt_known += other.gt_known
         self.pointing += other.pointing
         self.hits += other.hits
+
+    def to_json(self) -> dict[str, Any]:
+        """The counts and the hit matrix (nested lists) as JSON values; not the protocol."""
+        return {"count": int(self.count), "top1": int(self.top1), "gt_known": int(self.gt_known),
+                "pointing": int(self.pointing), "hits": self.hits.tolist()}
+
+    @classmethod
+    def from_json(cls, data: Any, protocol: LocalizationProtocol) -> LocalizationMeter:
+        """The meter :meth:`to_json` wrote, scored with ``protocol``.
+
+        Raises:
+            CamlensError: ``data`` is not such a meter, or its hit matrix has another shape
+                than ``protocol``'s.
+        """
+        out = cls(protocol)
+        try:
+            for name in ("count", "top1", "gt_known", "pointing"):
+                setattr(out, name, whole(data[name], name, 0))
+            rows = data["hits"]
+            if len(rows) != out.hits.shape[0] or any(len(row) != out.hits.shape[1] for row in rows):
+                raise CamlensError(f"a hit matrix of another shape than {out.hits.shape}")
+            out.hits = np.array([[whole(v, "hits", 0) for v in row] for row in rows], dtype=np.int64).reshape(out.hits.shape)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise CamlensError(f"not a stored localization meter ({type(exc).__name__}: {exc})") from None
+        return out
 
     def summary(self) -> dict[str, float]:
         """Percentages: ``top1_loc`` (right class and IoU >= ``iou``), ``gt_known_loc``

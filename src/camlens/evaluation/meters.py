@@ -12,10 +12,12 @@ partial sums are merged then change nothing.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from camlens.arguments import count as whole
 from camlens.errors import CamlensError
 from camlens.evaluation.faithfulness import Curves
 from camlens.evaluation.localization import LocalizationMeter, LocalizationProtocol
@@ -24,6 +26,10 @@ UNIT_BITS = 1074
 """Every finite float64 is an integer multiple of ``2**-UNIT_BITS``."""
 
 _MANTISSA_BITS = 53
+
+_MAX_SHIFT = 4 * UNIT_BITS
+"""The largest power of two a stored sum may have as a factor (float64s reach 2**2098 units;
+this leaves room for sums of any count): a bound on what :meth:`ExactSum.from_json` builds."""
 
 
 def units(values: npt.ArrayLike) -> list[int]:
@@ -80,6 +86,40 @@ class ExactSum:
             raise CamlensError("the mean of no values")
         out = [s if s != 0.0 else scale * u / (count << UNIT_BITS) for u, s in zip(self.units, self.special, strict=True)]
         return np.array(out, dtype=np.float64).reshape(self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        """The sums as JSON values: each integer as ``[odd, shift]`` (``odd << shift``, 0 as
+        ``[0, 0]``), short for the sums of a few floats, which end in many zero bits; the
+        non-finite parts as floats (``NaN``, ``Infinity``: Python's JSON)."""
+        pairs = []
+        for u in self.units:
+            shift = (u & -u).bit_length() - 1 if u else 0
+            pairs.append([u >> shift, shift])
+        return {"shape": list(self.shape), "units": pairs, "special": list(self.special)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ExactSum:
+        """The sums :meth:`to_json` wrote.
+
+        Raises:
+            CamlensError: ``data`` is not such sums.
+        """
+        try:
+            shape = tuple(whole(n, "a sum's shape", 0) for n in data["shape"])
+            pairs, special = data["units"], data["special"]
+            if len(pairs) != math.prod(shape) or len(special) != len(pairs):
+                raise CamlensError(f"sums of shape {shape} with {len(pairs)} values")
+            out = cls(shape)
+            for j, (odd, shift) in enumerate(pairs):
+                if isinstance(odd, bool) or not isinstance(odd, int) or whole(shift, "shift", 0) > _MAX_SHIFT:
+                    raise CamlensError("a value that is not [integer, shift]")
+                out.units[j] = odd << shift
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in special):
+                raise CamlensError("non-finite parts that are not numbers")
+            out.special = [float(v) for v in special]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CamlensError(f"not stored sums ({type(exc).__name__}: {exc})") from None
+        return out
 
 
 class FaithfulnessMeter:
@@ -149,6 +189,41 @@ class FaithfulnessMeter:
             raise CamlensError("no deletion/insertion curve was measured")
         return {"deletion": self.deletion_curve.mean(self.count), "insertion": self.insertion_curve.mean(self.count)}
 
+    def to_json(self) -> dict[str, Any]:
+        """The meter as JSON values, exactly (see :meth:`ExactSum.to_json`)."""
+        curves = self.deletion_curve, self.insertion_curve
+        return {"count": self.count, "increase": self.increase, "drop": self.drop.to_json(),
+                "deletion": self.deletion.to_json(), "insertion": self.insertion.to_json(),
+                "fractions": None if self.fractions is None else self.fractions.tolist(),
+                "curves": None if self.fractions is None else [c.to_json() for c in curves if c is not None]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> FaithfulnessMeter:
+        """The meter :meth:`to_json` wrote.
+
+        Raises:
+            CamlensError: ``data`` is not such a meter.
+        """
+        out = cls()
+        try:
+            out.count, out.increase = whole(data["count"], "count", 0), whole(data["increase"], "increase", 0)
+            out.drop, out.deletion, out.insertion = (ExactSum.from_json(data[k]) for k in ("drop", "deletion", "insertion"))
+            if any(s.shape != () for s in (out.drop, out.deletion, out.insertion)):
+                raise CamlensError("scores that are not numbers")
+            if data["fractions"] is not None:
+                fractions = np.array(data["fractions"], dtype=np.float64)
+                out.deletion_curve, out.insertion_curve = (ExactSum.from_json(c) for c in data["curves"])
+                if fractions.ndim != 1 or not np.isfinite(fractions).all():
+                    raise CamlensError("fractions that are not a list of numbers")
+                if any(c.shape != fractions.shape for c in (out.deletion_curve, out.insertion_curve)):
+                    raise CamlensError("curves of another length than their fractions")
+                out.fractions = fractions
+            elif data["curves"] is not None:
+                raise CamlensError("curves without fractions")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CamlensError(f"not a stored faithfulness meter ({type(exc).__name__}: {exc})") from None
+        return out
+
 
 class MethodMeter:
     """Everything accumulated for one method: localization and faithfulness."""
@@ -161,6 +236,24 @@ class MethodMeter:
         """Add ``other``'s images to these."""
         self.localization.merge(other.localization)
         self.faithfulness.merge(other.faithfulness)
+
+    def to_json(self) -> dict[str, Any]:
+        """The meter as JSON values, exactly."""
+        return {"localization": self.localization.to_json(), "faithfulness": self.faithfulness.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any, protocol: LocalizationProtocol) -> MethodMeter:
+        """The meter :meth:`to_json` wrote, of a run with localization ``protocol``.
+
+        Raises:
+            CamlensError: ``data`` is not such a meter.
+        """
+        if not isinstance(data, dict):
+            raise CamlensError("not a stored method meter")
+        out = cls(protocol)
+        out.localization = LocalizationMeter.from_json(data.get("localization"), protocol)
+        out.faithfulness = FaithfulnessMeter.from_json(data.get("faithfulness"))
+        return out
 
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {}
