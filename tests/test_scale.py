@@ -198,7 +198,7 @@ def test_torchrun_ranks_write_what_one_process_writes(small: Path, whole: tuple[
     assert sorted(p.name for p in (out / FOLDER).iterdir()) == ["rank-0.jsonl", "rank-1.jsonl", "run.json"]
 
 
-def test_a_rank_that_dies_fails_the_run_and_resume_completes_it(
+def test_a_rank_that_dies_fails_the_run_and_resume_on_any_number_of_ranks_completes_it(
     small: Path, whole: tuple[Path, Path], tmp_path: Path
 ) -> None:
     folder, reference = whole
@@ -213,7 +213,7 @@ def test_a_rank_that_dies_fails_the_run_and_resume_completes_it(
     code, stderr = finished(proc)
     assert code != 0 and ours_untraced(stderr), stderr
     assert len(outputs(out)) < len(outputs(reference))
-    code, stderr = finished(explain(folder, out, small, "--resume", torchrun=2))
+    code, stderr = finished(explain(folder, out, small, "--resume"))  # one process finishes what two ranks began
     assert code == 1 and "p001.jpg" in stderr, stderr
     assert outputs(out) == outputs(reference) and summary(out) == summary(reference) and same_store(out, reference)
 
