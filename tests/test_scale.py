@@ -244,3 +244,42 @@ def test_the_map_store_holds_every_raw_map_with_paths_targets_and_predictions(sm
             np.testing.assert_array_equal(raw, np.load(entry["outputs"][0]))
     with pytest.raises(CamlensError, match=r"maps.zarr: exists; pass overwrite=True to replace it, or resume=True"):
         runner.run(lens, paths, tmp_path / "out", methods=["gradcam"], options=runner.RenderOptions(store=True))
+
+
+def test_resume_deals_the_blocks_left_evenly() -> None:
+    done = {0, 4, 8}  # first indices of the blocks an earlier attempt finished
+    shares = [World(r, 2).share(20, 4, skip=done.__contains__) for r in range(2)]
+    assert shares == [[12, 13, 14, 15], [16, 17, 18, 19]]  # not both left to rank 1
+
+
+def test_resume_without_a_ledger_never_replaces_a_store_and_retries_what_failed_to_write(
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from camlens.lens import Explanation
+
+    lens = Lens(small, device="cpu")
+    paths = sorted(pictures(tmp_path / "in", 5).iterdir())
+    store = runner.RenderOptions(store=True)
+    runner.run(lens, paths, tmp_path / "out", methods=["gradcam"], options=store, batch_size=2)
+    shutil.rmtree(tmp_path / "out" / FOLDER)  # say, copied without its hidden folder
+    with pytest.raises(CamlensError, match="maps.zarr: exists; pass overwrite=True"):
+        runner.run(lens, paths, tmp_path / "out", methods=["gradcam"], options=store, batch_size=2, resume=True)
+    assert (tmp_path / "out" / "maps.zarr" / "zarr.json").is_file()
+
+    real, calls = Explanation.overlay, []
+
+    def full_disk(self: Explanation, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
+        calls.append(1)
+        if len(calls) == 3:  # one image's overlay, once
+            raise OSError(28, "No space left on device")
+        return real(self, colormap, alpha)
+
+    monkeypatch.setattr(Explanation, "overlay", full_disk)
+    first = runner.run(lens, paths, tmp_path / "again", methods=["gradcam"], batch_size=2)
+    assert len(first.failed) == 2 and "No space left on device" in str([r.error for r in first.failed])
+    monkeypatch.setattr(Explanation, "overlay", real)
+    second = runner.run(lens, paths, tmp_path / "again", methods=["gradcam"], batch_size=2, resume=True)
+    assert [r.source.name for r in second.failed] == ["p001.jpg"]  # the unreadable file stays failed
+    assert len(list((tmp_path / "again").glob("*_gradcam_*.png"))) == len(paths) - 1

@@ -12,7 +12,7 @@ gloo whatever the device: they exchange only reports and score sums, never tenso
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,9 +22,10 @@ from camlens.errors import CamlensError
 
 T = TypeVar("T")
 
-TIMEOUT = timedelta(minutes=30)
-"""How long a rank waits for the others at a collective step (gathering the reports at the end:
-the slowest rank's whole share of the run may still be going)."""
+TIMEOUT = timedelta(hours=24)
+"""How long a rank waits for the others at a collective step: at the end, the slowest rank's
+whole share may still be going (a resumed run's shares can be uneven). A rank that dies is
+noticed at once by torchrun, which stops the others; this bounds only a rank that hangs."""
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,15 @@ class World:
         """Whether this is rank 0, the one that writes what concerns the whole run."""
         return self.rank == 0
 
-    def share(self, count: int, block: int) -> list[int]:
+    def share(self, count: int, block: int, skip: Callable[[int], bool] = lambda start: False) -> list[int]:
         """The indices of ``count`` inputs that this rank does: blocks of ``block`` consecutive
-        indices, block ``k`` to rank ``k % size``."""
+        indices, dealt in turn, block ``k`` to rank ``k % size``; the blocks for which
+        ``skip(first index)`` is true (done by an earlier attempt) are left out before dealing,
+        so that the work left is shared evenly."""
         if block < 1:
             raise CamlensError(f"block size must be at least 1, not {block}")
-        return [i for start in range(self.rank * block, count, self.size * block)
-                for i in range(start, min(start + block, count))]
+        starts = [s for s in range(0, count, block) if not skip(s)]
+        return [i for s in starts[self.rank :: self.size] for i in range(s, min(s + block, count))]
 
     def gather(self, value: T) -> list[T] | None:
         """Every rank's ``value``, in rank order, on rank 0 (None on the others)."""

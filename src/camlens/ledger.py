@@ -9,7 +9,8 @@ It lives in ``OUT/.camlens-run/``:
 - ``rank-R.jsonl``: one line per input that rank ``R`` finished (its summary entry or its error),
   appended once the input's files are in place, and one line before its files are written (so
   that a resumed run knows which files there are its own to replace). A line cut short by a
-  kill is ignored.
+  kill is ignored. An input whose files could not be written or rendered (a full disk, say) is
+  tried again by a resumed run; one that cannot be read is not.
 
 A run without ``resume`` starts a new ledger (the last one's record goes); ``resume`` continues
 the last one, whose settings and inputs must be the same.
@@ -51,8 +52,8 @@ class Ledger:
     folder: Path
     state: dict[str, Any]
     rank: int
-    done: dict[int, dict[str, Any]] = field(default_factory=dict)
-    """Entries of inputs finished by earlier attempts, by global index."""
+    done: set[int] = field(default_factory=set)
+    """Global indices of the inputs that earlier attempts finished."""
     begun: set[int] = field(default_factory=set)
     """Inputs whose files earlier attempts had begun to write."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -74,19 +75,27 @@ class Ledger:
 
     def _append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        path = self.folder / f"rank-{self.rank}.jsonl"
         with self._lock:
-            if self._fd is None:
-                path = self.folder / f"rank-{self.rank}.jsonl"
-                try:
-                    self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                except OSError as exc:
-                    raise CamlensError(f"{path}: cannot write the run's ledger ({exc.strerror or exc})") from exc
-            os.write(self._fd, line)  # one write of a short line on an O_APPEND file: whole or cut at the end
+            try:
+                if self._fd is None:
+                    self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+                    size = os.fstat(self._fd).st_size
+                    if size and os.pread(self._fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # after a line a kill cut short: this one starts on its own
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                raise CamlensError(f"{path}: cannot write the run's ledger ({exc.strerror or exc})") from exc
 
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
-                os.fsync(self._fd)
+                try:
+                    os.fsync(self._fd)
+                except OSError:
+                    pass  # what was written is in the file; only its flush to the disk is unconfirmed
                 os.close(self._fd)
                 self._fd = None
 
@@ -101,39 +110,50 @@ class Ledger:
         _write_state(self.folder, self.state)
 
 
-def open_ledger(out: Path, settings: dict[str, Any], inputs: Sequence[Path], resume: bool, world: World) -> Ledger:
+def open_ledger(out: Path, settings: dict[str, Any], inputs: Sequence[Path], resume: bool, world: World,
+                keep: Sequence[Path] = ()) -> Ledger:
     """The ledger of the run writing into ``out``: a new one, or with ``resume`` the last one
-    (refused if its settings or inputs differ). Rank 0 decides and the others follow it.
+    (refused if its settings or inputs differ). Rank 0 decides and the others follow it. A new
+    run is refused, before anything changes, when one of the files ``keep`` exists (files of
+    the run's own that an earlier run left: only a resumed run may replace them).
 
     Raises:
-        CamlensError: ``resume`` on a run with other settings or inputs, or the ledger cannot be
-            written.
+        CamlensError: ``resume`` on a run with other settings or inputs, a new run with a file of
+            ``keep`` there, or the ledger cannot be written.
     """
     folder = out / FOLDER
-    decided: dict[str, Any] | str | None = None
-    if world.main:
+    decided: tuple[dict[str, Any], set[int], set[int]] | str | None = None
+    if world.main:  # rank 0 reads the records before any rank appends to them, and tells the others
         try:
-            decided = _decide(folder, settings, fingerprint(inputs), resume, out)
+            state = _decide(folder, settings, fingerprint(inputs), resume, out, keep)
+            decided = (state, *_progress(folder)) if state["attempt"] > 0 else (state, set(), set())
         except CamlensError as exc:
             decided = str(exc)
     decided = world.broadcast(decided)
     if isinstance(decided, str) or decided is None:
         raise CamlensError(decided or "the run's ledger could not be opened")
-    ledger = Ledger(folder, decided, world.rank)
-    if decided["attempt"] > 0:
-        for i, entry in _entries(folder).items():
-            if "begin" in entry:
-                ledger.begun.add(i)
-            elif entry.get("existed"):
-                pass  # refused: the files there were not this run's, and are still not its to replace
-            elif all(Path(p).exists() for p in entry.get("outputs", [])):
-                ledger.done[i] = entry
-            else:
-                ledger.begun.add(i)  # finished, but its files went since: do it again
-    return ledger
+    state, done, begun = decided
+    return Ledger(folder, state, world.rank, done, begun)
 
 
-def _decide(folder: Path, settings: dict[str, Any], inputs: str, resume: bool, out: Path) -> dict[str, Any]:
+def _progress(folder: Path) -> tuple[set[int], set[int]]:
+    """The inputs earlier attempts finished, and those whose files they had begun to write."""
+    done: set[int] = set()
+    begun: set[int] = set()
+    for i, entry in _entries(folder).items():
+        if "begin" in entry or entry.get("retry"):
+            begun.add(i)  # its files there, if any, are this run's
+        elif entry.get("existed"):
+            pass  # refused: the files there were not this run's, and are still not its to replace
+        elif all(Path(p).exists() for p in entry.get("outputs", [])):
+            done.add(i)
+        else:
+            begun.add(i)  # finished, but its files went since: do it again
+    return done, begun
+
+
+def _decide(folder: Path, settings: dict[str, Any], inputs: str, resume: bool, out: Path,
+            keep: Sequence[Path]) -> dict[str, Any]:
     """Rank 0: the state of this run, written to ``run.json``."""
     last = _read_state(folder)
     if resume and last is not None:
@@ -146,6 +166,9 @@ def _decide(folder: Path, settings: dict[str, Any], inputs: str, resume: bool, o
                                "or leave out --resume")
         state = {**last, "attempt": int(last.get("attempt", 0)) + 1}
     else:
+        for path in keep:
+            if path.exists():
+                raise CamlensError(f"{path}: exists; pass overwrite=True to replace it, or resume=True to finish its run")
         clear_ranks(folder, "the run's ledger")
         state = {"settings": settings, "inputs": inputs, "attempt": 0, "complete": False,
                  "summary": _free_summary_name(out)}

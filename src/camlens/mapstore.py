@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from camlens.lens import Explanation
 
 NAME = "maps.zarr"
+FIXED = ("paths", "targets", "target_probability", "predicted", "predicted_probability", "done")
+"""The arrays beside the maps, ``done`` made last."""
 
 
 @dataclass
@@ -55,7 +57,11 @@ class MapStore:
 
         n = len(inputs)
         try:
-            group = zarr.open_group(str(path), mode="w")
+            if path.exists():  # the caller's check: never a store the user had, or one that is not a store
+                import shutil
+
+                shutil.rmtree(path) if path.is_dir() and (path / "zarr.json").is_file() else path.unlink()
+            group = zarr.open_group(str(path), mode="w-")
             group.attrs.update(about)
             group.create_array("paths", shape=(n,), dtype=str, chunks=(block,))[:] = np.array([str(p) for p in inputs])
             for exp in sample:
@@ -81,6 +87,8 @@ class MapStore:
 
         try:
             group: Any = zarr.open_group(str(path), mode="r+")
+            for name in FIXED:  # a store cut short while it was made has not all of them
+                group[name]  # noqa: B018
             return cls(group, int(group["targets"].shape[1]), int(group["predicted"].shape[1]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CamlensError(f"{path}: cannot open the run's map store ({exc})") from exc
@@ -117,11 +125,15 @@ class MapStore:
                     targets[j, s] = exp.target.index
                     target_p[j, s] = np.nan if exp.target.probability is None else exp.target.probability
         stop = start + count
-        for key, values in arrays.items():
-            self.group[key][start:stop] = values
-        for key, values in (("targets", targets), ("target_probability", target_p), ("predicted", predicted),
-                            ("predicted_probability", predicted_p), ("done", done)):
-            self.group[key][start:stop] = values  # done last: a row marked done is whole
+        try:
+            for key, values in arrays.items():
+                self.group[key][start:stop] = values
+            for key, values in (("targets", targets), ("target_probability", target_p), ("predicted", predicted),
+                                ("predicted_probability", predicted_p), ("done", done)):
+                self.group[key][start:stop] = values  # done last: a row marked done is whole
+        except OSError as exc:
+            raise CamlensError(f"{self.group.store}: cannot write maps {start} to {stop - 1} "
+                               f"({exc.strerror or exc})") from exc
 
 
 def _key(exp: Explanation) -> str:

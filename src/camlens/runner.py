@@ -149,6 +149,8 @@ class ImageReport:
     error: str | None = None
     existed: bool = False
     """Skipped because its outputs are already there (no ``overwrite``)."""
+    retry: bool = False
+    """Its files could not be written or rendered: a resumed run tries again."""
     size: tuple[int, int] | None = None
     """With :class:`Boxing`: ``(width, height)`` of the input as read, the pixels of its boxes."""
     true_boxes: list[Box] | None = None
@@ -296,15 +298,13 @@ def run(
                 **{k: v for k, v in asdict(options).items() if k != "overwrite"}}
     store_path = out / mapstore.NAME
     fixed = output_path(out, summary_name) if summary_name is not None else None
-    for path in ([store_path] if options.store else []) + ([fixed] if fixed is not None else []):
-        if not resume and not options.overwrite and path.exists():
-            raise CamlensError(f"{path}: exists; pass overwrite=True to replace it, or resume=True to finish its run")
-    ledger = open_ledger(out, settings, inputs, resume, world)
+    keep = [] if options.overwrite else ([store_path] if options.store else []) + ([fixed] if fixed is not None else [])
+    ledger = open_ledger(out, settings, inputs, resume, world, keep)
     store = _open_store(lens, store_path, inputs, request, methods, layer_spec, layers, top, fuse, layout, batch_size,
                         augment, ledger, world) if options.store else None
     stems = dict(zip(inputs, unique_stems(list(inputs), root), strict=True))
     mine = world.share(len(inputs), batch_size)
-    share = [i for i in mine if not _block_done(i, batch_size, len(inputs), ledger)]
+    share = world.share(len(inputs), batch_size, skip=lambda start: _block_done(start, batch_size, len(inputs), ledger))
     if len(share) < len(mine):
         progress(len(mine) - len(share))  # done by earlier attempts
     reports: dict[int, ImageReport] = {}
@@ -369,7 +369,10 @@ def _open_store(lens: Lens, path: Path, inputs: Sequence[Path], request: TargetR
     """The run's map store: rank 0 creates it (its maps shaped like those of the first input it
     can read) unless this run is resumed with its store there; the others open it then."""
     made: str | None = None
-    if world.main and not (ledger.state["attempt"] > 0 and path.exists()):
+    if ledger.state["attempt"] > 0 and not path.exists():
+        raise CamlensError(f"{path}: the map store of the run being resumed is gone; start the run again without "
+                           "resume=True")
+    if world.main and ledger.state["attempt"] == 0:
         try:
             sample = _first_explained(lens, inputs, request, methods, layer_spec, top, fuse, layout, augment)
             about = {"model": lens.loaded.name, "labels": list(lens.labels.names), "methods": methods, "layers": layers,
@@ -412,7 +415,8 @@ def _block_done(index: int, size: int, count: int, ledger: Ledger) -> bool:
 def _entry(report: ImageReport) -> dict[str, object]:
     """One input's record in the ledger and the summary."""
     if report.error:
-        return {"source": str(report.source), "error": report.error, **({"existed": True} if report.existed else {})}
+        flags = {**({"existed": True} if report.existed else {}), **({"retry": True} if report.retry else {})}
+        return {"source": str(report.source), "error": report.error, **flags}
     boxed = {} if report.size is None else {"size": list(report.size),
                                             "true_boxes": [b.to_dict() for b in report.true_boxes or []]}
     return {"source": str(report.source), "predictions": [p.to_dict() for p in report.predictions],
@@ -504,10 +508,10 @@ def _write_all_or_none(report: ImageReport, jobs: Sequence[tuple[Path, Writer]],
     try:
         report.outputs = write_group(jobs, overwrite)
     except CamlensError as exc:
-        report.error = f"{report.source}: {exc}"
+        report.error, report.retry = f"{report.source}: {exc}", True
         return False
     except Exception as exc:  # noqa: BLE001  (a rendering failure spoils this image, not the run)
-        report.error = f"{report.source}: cannot render its outputs ({type(exc).__name__}: {exc})"
+        report.error, report.retry = f"{report.source}: cannot render its outputs ({type(exc).__name__}: {exc})", True
         return False
     return True
 
